@@ -1,0 +1,47 @@
+//! Answering for an open dependency in axum: `503 Service Unavailable` with a
+//! `Retry-After` header.
+//!
+//! ```
+//! use axum::{error_handling::HandleErrorLayer, routing::get, Router};
+//! use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, MemoryStore, Policy};
+//! use tower::ServiceBuilder;
+//!
+//! # fn main() -> Result<(), distributed_circuit_breaker::ConfigError> {
+//! let breaker = DistributedCircuitBreakerLayer::new("reports", Policy::default(), MemoryStore::new())?;
+//! let app: Router = Router::new().route(
+//!     "/reports",
+//!     get(|| async { "fresh report" }).layer(
+//!         ServiceBuilder::new()
+//!             .layer(HandleErrorLayer::new(distributed_circuit_breaker::axum::handle_error))
+//!             .layer(breaker),
+//!     ),
+//! );
+//! # drop(app);
+//! # Ok(())
+//! # }
+//! ```
+
+use axum_core::response::{IntoResponse, Response};
+use http::StatusCode;
+
+use crate::{BoxError, BreakerError, CircuitOpen};
+
+impl IntoResponse for CircuitOpen {
+    fn into_response(self) -> Response {
+        self.http_response().into_response()
+    }
+}
+
+/// An error handler for axum's `HandleErrorLayer`: `503` with `Retry-After` for
+/// an open circuit, `504` for a call timeout, `500` for anything else.
+pub async fn handle_error(error: BoxError) -> Response {
+    match BreakerError::from(error) {
+        BreakerError::Open(open) => open.into_response(),
+        BreakerError::Timeout(timeout) => {
+            (StatusCode::GATEWAY_TIMEOUT, timeout.to_string()).into_response()
+        }
+        BreakerError::Inner(error) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The background task of a replica: flushes counted outcomes to the store in
+//! batches, applies transitions the store announces, and refreshes the shared
+//! state as a backstop for missed announcements.
+//!
+//! It holds only a weak reference between wake-ups, so it ends by itself once
+//! every layer and service of its breaker is dropped.
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::replica::Replica;
+
+/// An early flush waits at least `sync_interval / FAST_FLUSH_DIVISOR` after the
+/// previous one, so a burst of failures costs one store call, not one each.
+const FAST_FLUSH_DIVISOR: u32 = 20;
+
+/// Starts the driver of `replica` if it is not running and a tokio runtime is
+/// at hand; otherwise a later call tries again.
+pub(crate) fn start(replica: &Arc<Replica>) {
+    if !replica.claim_driver() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        replica.release_driver_claim();
+        return;
+    };
+    runtime.spawn(run(Arc::downgrade(replica)));
+}
+
+enum Wake {
+    Tick,
+    Flush,
+    Event(Result<crate::Transition, RecvError>),
+}
+
+async fn run(weak: Weak<Replica>) {
+    let (wake, mut events, sync) = match weak.upgrade() {
+        Some(r) => (r.wake.clone(), r.store.subscribe(), r.policy.sync_interval()),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(sync);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let min_gap = sync / FAST_FLUSH_DIVISOR;
+    let mut last_flush: Option<Instant> = None;
+    let mut events_open = true;
+    let mut healthy = true;
+    loop {
+        let why = tokio::select! {
+            _ = tick.tick() => Wake::Tick,
+            () = wake.notified() => Wake::Flush,
+            event = events.recv(), if events_open => Wake::Event(event),
+        };
+        let Some(replica) = weak.upgrade() else {
+            return;
+        };
+        let ok = match why {
+            Wake::Tick => sync_once(&replica, true).await,
+            Wake::Flush => {
+                if let Some(wait) = last_flush.map(|at| min_gap.saturating_sub(at.elapsed())) {
+                    tokio::time::sleep(wait).await;
+                }
+                sync_once(&replica, false).await
+            }
+            Wake::Event(Ok(transition)) => {
+                if transition.name == replica.name.as_str() {
+                    replica.apply(transition.snapshot);
+                }
+                continue;
+            }
+            Wake::Event(Err(RecvError::Lagged(_))) => sync_once(&replica, true).await,
+            Wake::Event(Err(RecvError::Closed)) => {
+                events_open = false;
+                continue;
+            }
+        };
+        last_flush = Some(Instant::now());
+        if ok != healthy {
+            healthy = ok;
+            if ok {
+                tracing::info!(breaker = %replica.name, "store reachable again");
+            } else {
+                tracing::warn!(breaker = %replica.name, "store unreachable; outcomes are kept until it answers");
+            }
+        }
+    }
+}
+
+/// Hands the counted outcomes to the store, or (with nothing to hand over and
+/// `refresh` set) reads the shared state. Returns whether the store answered.
+pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
+    let timeout = replica.policy.store_timeout();
+    let batch = replica.take_batch();
+    if !batch.is_empty() {
+        let record = replica.store.record(&replica.name, &replica.policy, batch);
+        return match tokio::time::timeout(timeout, record).await {
+            Ok(Ok(snapshot)) => {
+                replica.apply(snapshot);
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(breaker = %replica.name, %error, "flush failed");
+                replica.restore_batch(&batch);
+                false
+            }
+            Err(_) => {
+                replica.restore_batch(&batch);
+                false
+            }
+        };
+    }
+    if !refresh {
+        return true;
+    }
+    let read = replica.store.snapshot(&replica.name, &replica.policy);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(snapshot)) => {
+            replica.apply(snapshot);
+            true
+        }
+        _ => false,
+    }
+}
+

@@ -1,0 +1,149 @@
+//! The response future of [`DistributedCircuitBreaker`](crate::DistributedCircuitBreaker).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::layer::Shared;
+use crate::permit::Admission;
+use crate::{BoxError, CallTimeout, CircuitOpen, Classifier, Outcome};
+
+pin_project! {
+    /// Resolves to the inner service's response, or fails with
+    /// [`CircuitOpen`] (rejected without calling the inner service) or
+    /// [`CallTimeout`]. Classifies and counts the result when it completes; a
+    /// probe dropped before completing returns its permit.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Rejected { open: Option<CircuitOpen> },
+        Called {
+            #[pin]
+            future: F,
+            #[pin]
+            timeout: Option<Sleep>,
+            call: Option<Call<C>>,
+        },
+    }
+}
+
+/// What a running call must report when it ends.
+struct Call<C> {
+    shared: Arc<Shared<C>>,
+    admission: Admission,
+    started: Instant,
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn rejected(open: CircuitOpen) -> Self {
+        Self {
+            kind: Kind::Rejected { open: Some(open) },
+        }
+    }
+
+    pub(crate) fn called(
+        future: F,
+        shared: Arc<Shared<C>>,
+        admission: Admission,
+        timeout: Option<Sleep>,
+    ) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                timeout,
+                call: Some(Call {
+                    shared,
+                    admission,
+                    started: Instant::now(),
+                }),
+            },
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classifier<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Rejected { open } => {
+                // Taken once; a future polled again after completing gets a
+                // generic open error rather than a panic.
+                let error: BoxError = match open.take() {
+                    Some(open) => Box::new(open),
+                    None => "circuit breaker future polled after completion".into(),
+                };
+                Poll::Ready(Err(error))
+            }
+            KindProj::Called {
+                future,
+                timeout,
+                call,
+            } => {
+                if let Poll::Ready(result) = future.poll(cx) {
+                    if let Some(call) = call.take() {
+                        let elapsed = call.started.elapsed();
+                        let outcome = call.shared.classifier.classify(result.as_ref(), elapsed);
+                        call.finish(outcome, elapsed);
+                    }
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                if let Some(timeout) = timeout.as_pin_mut() {
+                    if timeout.poll(cx).is_ready() {
+                        let error = call.take().map(|call| {
+                            let elapsed = call.started.elapsed();
+                            let replica = &call.shared.replica;
+                            let limit = call.shared.call_timeout.unwrap_or(elapsed);
+                            let error = CallTimeout::new(replica.name.clone(), limit);
+                            call.finish(Outcome::Failure, elapsed);
+                            error
+                        });
+                        let error: BoxError = match error {
+                            Some(error) => Box::new(error),
+                            None => "circuit breaker future polled after completion".into(),
+                        };
+                        return Poll::Ready(Err(error));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<C> Call<C> {
+    fn finish(self, outcome: Outcome, elapsed: std::time::Duration) {
+        let replica = &self.shared.replica;
+        let slow = replica
+            .policy
+            .slow_call_duration()
+            .is_some_and(|limit| elapsed >= limit);
+        self.admission.finish(replica, outcome, slow);
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Rejected { .. } => "rejected",
+            Kind::Called { .. } => "called",
+        };
+        f.debug_struct("ResponseFuture").field("kind", &kind).finish()
+    }
+}

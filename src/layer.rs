@@ -1,0 +1,177 @@
+//! The tower [`Layer`] that puts a breaker in front of a service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::replica::Replica;
+use crate::store::Store;
+use crate::{Breaker, BreakerName, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures, Policy};
+
+/// How a service answers while its breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rejection {
+    /// `poll_ready` reports ready and `call` fails at once with
+    /// [`CircuitOpen`](crate::CircuitOpen) (tower's `LoadShed` style; the default).
+    #[default]
+    Fail,
+    /// `poll_ready` stays pending until a probe may be let through, so callers
+    /// such as `tower::buffer` queue instead of failing.
+    Backpressure,
+}
+
+/// Puts a [`DistributedCircuitBreaker`] in front of a service.
+///
+/// The layer holds one replica of the breaker named at construction: every
+/// service it builds, and every clone of the layer or of those services, shares
+/// it. Layers built separately on the same store and name are separate replicas
+/// of one shared breaker, as separate processes are.
+///
+/// ```
+/// use std::time::Duration;
+/// use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, HttpClassifier, MemoryStore, Policy};
+/// use tower::ServiceBuilder;
+///
+/// let policy = Policy::builder()
+///     .failure_rate(0.5)
+///     .minimum_calls(20)
+///     .window(Duration::from_secs(10))
+///     .break_duration(Duration::from_secs(5))
+///     .build()?;
+/// let layer = DistributedCircuitBreakerLayer::new("payments", policy, MemoryStore::new())?
+///     .classifier(HttpClassifier::default())
+///     .call_timeout(Duration::from_secs(2));
+/// let service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|_req: http::Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+///     });
+/// # drop(service);
+/// # Ok::<(), distributed_circuit_breaker::ConfigError>(())
+/// ```
+pub struct DistributedCircuitBreakerLayer<C = ErrorsAsFailures> {
+    pub(crate) shared: Arc<Shared<C>>,
+}
+
+/// What every service built by one layer shares.
+pub(crate) struct Shared<C> {
+    pub(crate) replica: Arc<Replica>,
+    pub(crate) classifier: C,
+    pub(crate) call_timeout: Option<Duration>,
+    pub(crate) rejection: Rejection,
+}
+
+impl DistributedCircuitBreakerLayer {
+    /// A layer for the breaker `name` under `policy`, sharing state through `store`.
+    ///
+    /// Fails if `name` is not a valid [`BreakerName`].
+    pub fn new(
+        name: impl AsRef<str>,
+        policy: Policy,
+        store: impl Store,
+    ) -> Result<Self, ConfigError> {
+        let name = BreakerName::new(name)?;
+        Ok(Self::with_store(name, policy, Arc::new(store)))
+    }
+
+    /// Like [`new`](Self::new), for a store already behind an `Arc<dyn Store>`.
+    pub fn with_store(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                replica: Arc::new(Replica::new(name, policy, store)),
+                classifier: ErrorsAsFailures,
+                call_timeout: None,
+                rejection: Rejection::Fail,
+            }),
+        }
+    }
+}
+
+impl<C> DistributedCircuitBreakerLayer<C> {
+    /// Classifies results with `classifier` instead.
+    pub fn classifier<C2>(self, classifier: C2) -> DistributedCircuitBreakerLayer<C2> {
+        DistributedCircuitBreakerLayer {
+            shared: Arc::new(Shared {
+                replica: self.shared.replica.clone(),
+                classifier,
+                call_timeout: self.shared.call_timeout,
+                rejection: self.shared.rejection,
+            }),
+        }
+    }
+
+    /// Fails a call that takes longer than `timeout` with
+    /// [`CallTimeout`](crate::CallTimeout) and counts it as a failure.
+    pub fn call_timeout(self, timeout: Duration) -> Self
+    where
+        C: Clone,
+    {
+        self.map_shared(|s| s.call_timeout = Some(timeout))
+    }
+
+    /// Chooses how calls are turned away while the breaker is open.
+    pub fn rejection(self, rejection: Rejection) -> Self
+    where
+        C: Clone,
+    {
+        self.map_shared(|s| s.rejection = rejection)
+    }
+
+    /// A handle to inspect and command the breaker.
+    pub fn breaker(&self) -> Breaker {
+        Breaker::new(self.shared.replica.clone())
+    }
+
+    fn map_shared(self, f: impl FnOnce(&mut Shared<C>)) -> Self
+    where
+        C: Clone,
+    {
+        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
+            replica: arc.replica.clone(),
+            classifier: arc.classifier.clone(),
+            call_timeout: arc.call_timeout,
+            rejection: arc.rejection,
+        });
+        f(&mut shared);
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl<C> Clone for DistributedCircuitBreakerLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for DistributedCircuitBreakerLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DistributedCircuitBreakerLayer")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl<C> fmt::Debug for Shared<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.replica.name)
+            .field("snapshot", &self.replica.current())
+            .field("call_timeout", &self.call_timeout)
+            .field("rejection", &self.rejection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C> Layer<S> for DistributedCircuitBreakerLayer<C> {
+    type Service = DistributedCircuitBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DistributedCircuitBreaker::new(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,88 @@
+//! A Tower circuit breaker whose state is shared by a whole fleet.
+//!
+//! In-process breakers keep their state in one process: with ten replicas of a
+//! service, each replica must fail on its own before it stops calling a sick
+//! dependency, so the dependency takes ten times the failed calls and ten times
+//! the probes. Here every replica of a breaker shares one state in a [`Store`]
+//! ([`MemoryStore`] in one process; Redis for a fleet), while a call through a
+//! closed breaker still costs only a few atomic operations: outcomes are
+//! counted locally and handed to the store in batches, and transitions come
+//! back as announcements.
+//!
+//! ```
+//! use std::time::Duration;
+//! use distributed_circuit_breaker::{
+//!     BreakerError, DistributedCircuitBreakerLayer, MemoryStore, Policy,
+//! };
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let policy = Policy::builder()
+//!     .consecutive_failures(3)
+//!     .break_duration(Duration::from_secs(5))
+//!     .build()?;
+//! let layer = DistributedCircuitBreakerLayer::new("flaky", policy, MemoryStore::new())?;
+//! let breaker = layer.breaker();
+//! let service = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|_: ()| async { Err::<(), _>("dependency down") }));
+//!
+//! for _ in 0..3 {
+//!     let _ = service.clone().oneshot(()).await; // three failures...
+//! }
+//! breaker.sync().await; // (the background task does this within a few ms)
+//! let err = service.clone().oneshot(()).await.unwrap_err();
+//! assert!(matches!(BreakerError::from(err), BreakerError::Open(_))); // ...and it is open
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces: a [`Policy`] says when to trip and how to recover; a
+//! [`Classifier`] turns each result into an [`Outcome`]; a [`Store`] holds the
+//! shared state; [`DistributedCircuitBreakerLayer`] puts it all in front of any
+//! `tower::Service`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(
+    clippy::all,
+    clippy::todo,
+    clippy::dbg_macro,
+    clippy::await_holding_lock,
+    clippy::unwrap_used,
+    rust_2018_idioms,
+    missing_docs,
+    missing_debug_implementations
+)]
+#![deny(unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod breaker;
+mod classify;
+mod config_error;
+mod driver;
+mod error;
+mod future;
+mod layer;
+mod machine;
+mod permit;
+mod policy;
+mod rand;
+mod replica;
+mod service;
+mod state;
+pub mod store;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
+
+pub use breaker::Breaker;
+pub use classify::{Classifier, ErrorsAsFailures, HttpClassifier, Outcome};
+pub use config_error::ConfigError;
+pub use error::{BoxError, BreakerError, CallTimeout, CircuitOpen};
+pub use future::ResponseFuture;
+pub use layer::{DistributedCircuitBreakerLayer, Rejection};
+pub use policy::{Policy, PolicyBuilder, MAX_DURATION, MAX_HALF_OPEN_PERMITS, MAX_WINDOW_BUCKETS};
+pub use service::DistributedCircuitBreaker;
+pub use state::{Snapshot, State, Transition};
+pub use store::{BreakerName, Force, MemoryStore, Store};

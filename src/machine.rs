@@ -1,0 +1,295 @@
+//! The pure state machine of one breaker: no I/O and no clock of its own.
+//!
+//! Time is the store's clock in milliseconds, passed in; randomness (for jitter)
+//! is passed in as a 16-bit number. `MemoryStore` runs this machine directly and
+//! the Redis scripts run a line-for-line port of it, so both stores behave alike
+//! (a differential test checks that they do). All arithmetic is on integers small
+//! enough to be exact in Lua's doubles.
+
+use std::time::Duration;
+
+use crate::policy::Params;
+use crate::store::{Acquired, Force, OutcomeBatch, ProbeResult};
+use crate::{Snapshot, State};
+
+/// The most iterations the backoff loop takes; the break is capped long before.
+const MAX_BACKOFF_STEPS: u32 = 64;
+
+/// A half-open permit on loan until `deadline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub(crate) id: u64,
+    pub(crate) deadline: u64,
+}
+
+/// One slice of the sliding window; `index` is `time / bucket_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Bucket {
+    pub(crate) index: u64,
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
+}
+
+/// Everything the store keeps about one breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Machine {
+    pub(crate) state: State,
+    pub(crate) generation: u64,
+    pub(crate) open_until: u64,
+    /// When a forced state ends; 0 for never.
+    pub(crate) forced_until: u64,
+    /// Opens since the breaker last closed, for the backoff.
+    pub(crate) opens: u32,
+    pub(crate) consecutive: u64,
+    pub(crate) probe_successes: u32,
+    pub(crate) next_lease: u64,
+    pub(crate) leases: Vec<Lease>,
+    pub(crate) buckets: Vec<Bucket>,
+}
+
+impl Machine {
+    /// A closed breaker. Its generation starts at the current time so that a
+    /// breaker re-created after the store lost its data (restart, flush) is
+    /// still newer than anything a process remembers of the old one.
+    pub(crate) fn new(now: u64) -> Self {
+        Machine {
+            state: State::Closed,
+            generation: now + 1,
+            open_until: 0,
+            forced_until: 0,
+            opens: 0,
+            consecutive: 0,
+            probe_successes: 0,
+            next_lease: 1,
+            leases: Vec::new(),
+            buckets: Vec::new(),
+        }
+    }
+
+    /// What the machine looks like from outside at `now`.
+    pub(crate) fn snapshot(&self, p: &Params, now: u64) -> Snapshot {
+        let remaining = match self.state {
+            State::Open => self.open_until.saturating_sub(now),
+            State::HalfOpen if self.live_leases(now) >= p.permits => {
+                let first_free = self
+                    .leases
+                    .iter()
+                    .map(|l| l.deadline)
+                    .min()
+                    .unwrap_or(now);
+                first_free.saturating_sub(now).min(p.sync_ms)
+            }
+            State::ForcedOpen if self.forced_until == 0 => p.break_ms,
+            State::ForcedOpen | State::ForcedClosed | State::Disabled => {
+                self.forced_until.saturating_sub(now)
+            }
+            _ => 0,
+        };
+        Snapshot {
+            state: self.state,
+            generation: self.generation,
+            remaining: Duration::from_millis(remaining),
+        }
+    }
+
+    /// Ends a forced state whose time is up. Every operation calls this first.
+    pub(crate) fn expire(&mut self, now: u64) {
+        let forced = matches!(
+            self.state,
+            State::ForcedOpen | State::ForcedClosed | State::Disabled
+        );
+        if forced && self.forced_until != 0 && now >= self.forced_until {
+            self.close();
+        }
+    }
+
+    /// Counts a batch of outcomes observed under `batch.generation`; a batch from
+    /// an older (or unknown) generation is dropped.
+    pub(crate) fn record(&mut self, p: &Params, now: u64, batch: &OutcomeBatch, rand16: u32) {
+        self.expire(now);
+        if batch.generation != self.generation {
+            return;
+        }
+        match self.state {
+            State::Closed => {
+                self.count(p, now, batch);
+                if self.should_trip(p, now) {
+                    self.open(p, now, rand16);
+                }
+            }
+            // Metrics only: counted, never tripped.
+            State::ForcedClosed => self.count(p, now, batch),
+            _ => {}
+        }
+    }
+
+    /// Asks for a half-open probe permit. Moves an open breaker whose break is
+    /// over to half-open; grants a lease while fewer than `permits` are out.
+    pub(crate) fn acquire(&mut self, p: &Params, now: u64) -> Acquired {
+        self.expire(now);
+        if self.state == State::Open && now >= self.open_until {
+            self.transition(State::HalfOpen);
+        }
+        let mut lease = None;
+        if self.state == State::HalfOpen {
+            self.leases.retain(|l| l.deadline > now);
+            if self.live_leases(now) < p.permits {
+                let id = self.next_lease;
+                self.next_lease += 1;
+                self.leases.push(Lease {
+                    id,
+                    deadline: now + p.lease_ms,
+                });
+                lease = Some(id);
+            }
+        }
+        Acquired {
+            lease,
+            snapshot: self.snapshot(p, now),
+        }
+    }
+
+    /// Returns a probe's permit with its result. A result for another generation
+    /// is dropped (the breaker has moved on without it).
+    pub(crate) fn release(
+        &mut self,
+        p: &Params,
+        now: u64,
+        generation: u64,
+        lease: u64,
+        result: ProbeResult,
+        rand16: u32,
+    ) {
+        self.expire(now);
+        if generation != self.generation || self.state != State::HalfOpen {
+            return;
+        }
+        self.leases.retain(|l| l.id != lease);
+        match result {
+            ProbeResult::Failure => self.open(p, now, rand16),
+            ProbeResult::Success => {
+                self.probe_successes += 1;
+                if self.probe_successes >= p.successes {
+                    self.opens = 0;
+                    self.close();
+                }
+            }
+            ProbeResult::Cancelled => {}
+        }
+    }
+
+    /// An operator's command.
+    pub(crate) fn force(&mut self, now: u64, force: Force) {
+        self.expire(now);
+        let (state, duration) = match force {
+            Force::Reset => {
+                self.opens = 0;
+                self.close();
+                return;
+            }
+            Force::Open(d) => (State::ForcedOpen, d),
+            Force::Closed(d) => (State::ForcedClosed, d),
+            Force::Disabled(d) => (State::Disabled, d),
+        };
+        self.transition(state);
+        self.forced_until = duration.map_or(0, |d| now + millis(d).max(1));
+    }
+
+    fn live_leases(&self, now: u64) -> u32 {
+        let live = self.leases.iter().filter(|l| l.deadline > now).count();
+        u32::try_from(live).unwrap_or(u32::MAX)
+    }
+
+    fn count(&mut self, p: &Params, now: u64, batch: &OutcomeBatch) {
+        if batch.successes > 0 {
+            self.consecutive = u64::from(batch.trailing_failures);
+        } else {
+            self.consecutive += u64::from(batch.failures);
+        }
+        let buckets = p.buckets as usize;
+        if self.buckets.len() != buckets {
+            self.buckets = vec![Bucket::default(); buckets];
+        }
+        let index = now / p.bucket_ms;
+        let slot = &mut self.buckets[(index % u64::from(p.buckets)) as usize];
+        if slot.index != index {
+            *slot = Bucket {
+                index,
+                ..Bucket::default()
+            };
+        }
+        slot.calls += u64::from(batch.successes) + u64::from(batch.failures);
+        slot.failures += u64::from(batch.failures);
+        slot.slow += u64::from(batch.slow);
+    }
+
+    fn should_trip(&self, p: &Params, now: u64) -> bool {
+        if p.consecutive > 0 && self.consecutive >= u64::from(p.consecutive) {
+            return true;
+        }
+        if p.failure_ppm == 0 && p.slow_ppm == 0 {
+            return false;
+        }
+        let current = now / p.bucket_ms;
+        let oldest = (current + 1).saturating_sub(u64::from(p.buckets));
+        let (mut calls, mut failures, mut slow) = (0, 0, 0);
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| b.calls > 0 && b.index >= oldest && b.index <= current)
+        {
+            calls += b.calls;
+            failures += b.failures;
+            slow += b.slow;
+        }
+        if calls < u64::from(p.minimum_calls) {
+            return false;
+        }
+        let over = |count: u64, ppm: u32| ppm > 0 && count * 1_000_000 >= u64::from(ppm) * calls;
+        over(failures, p.failure_ppm) || over(slow, p.slow_ppm)
+    }
+
+    fn open(&mut self, p: &Params, now: u64, rand16: u32) {
+        self.transition(State::Open);
+        self.opens = self.opens.saturating_add(1);
+        self.open_until = now + break_ms(p, self.opens, rand16);
+    }
+
+    fn close(&mut self) {
+        self.transition(State::Closed);
+    }
+
+    /// Every transition bumps the generation and starts the new state clean.
+    fn transition(&mut self, state: State) {
+        self.state = state;
+        self.generation += 1;
+        self.consecutive = 0;
+        self.probe_successes = 0;
+        self.forced_until = 0;
+        self.leases.clear();
+        self.buckets.clear();
+    }
+}
+
+/// The break after the `opens`-th open in a row: exponential backoff, capped,
+/// minus up to `jitter` of itself.
+pub(crate) fn break_ms(p: &Params, opens: u32, rand16: u32) -> u64 {
+    let mut duration = p.break_ms;
+    for _ in 1..opens.min(MAX_BACKOFF_STEPS) {
+        if duration >= p.break_max_ms {
+            break;
+        }
+        duration = duration * u64::from(p.backoff_permille) / 1000;
+    }
+    let duration = duration.min(p.break_max_ms);
+    let span = duration * u64::from(p.jitter_ppm) / 1_000_000;
+    (duration - span * u64::from(rand16 & 0xFFFF) / 65_536).max(1)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+//! What a call holds while it runs: a plain admission, or a half-open probe
+//! permit that must go back to the store however the call ends.
+
+use std::sync::Arc;
+
+use crate::replica::Replica;
+use crate::store::ProbeResult;
+use crate::Outcome;
+
+/// Why a call was let through.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// The breaker is closed (or forced closed, or disabled).
+    Pass { generation: u64, count: bool },
+    /// The call is a half-open probe.
+    Probe(ProbePermit),
+}
+
+impl Admission {
+    /// Counts the call's outcome (or reports the probe's result).
+    pub(crate) fn finish(self, replica: &Replica, outcome: Outcome, slow: bool) {
+        match self {
+            Admission::Pass {
+                generation,
+                count: true,
+            } => replica.record(generation, outcome, slow),
+            Admission::Pass { count: false, .. } => {}
+            Admission::Probe(permit) => permit.finish(outcome, slow),
+        }
+    }
+}
+
+/// A fleet-wide half-open permit on lease from the store.
+///
+/// Returned with the probe's result when the call ends; returned as cancelled
+/// when dropped unfinished (the caller dropped the response future), so a
+/// cancelled probe never wedges the breaker. If even that cannot reach the
+/// store, the lease runs out after the policy's `probe_lease`.
+#[derive(Debug)]
+pub(crate) struct ProbePermit {
+    replica: Arc<Replica>,
+    generation: u64,
+    lease: u64,
+    done: bool,
+}
+
+impl ProbePermit {
+    pub(crate) fn new(replica: Arc<Replica>, generation: u64, lease: u64) -> Self {
+        Self {
+            replica,
+            generation,
+            lease,
+            done: false,
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome, slow: bool) {
+        let result = match outcome {
+            Outcome::Failure => ProbeResult::Failure,
+            // A slow probe is a failed probe when the policy judges slowness.
+            Outcome::Success if slow && self.replica.policy.slow_call_rate().is_some() => {
+                ProbeResult::Failure
+            }
+            Outcome::Success => ProbeResult::Success,
+            Outcome::Ignore => ProbeResult::Cancelled,
+        };
+        self.done = true;
+        self.send(result);
+    }
+
+    /// Reports the result in the background; the caller never waits for it.
+    fn send(&self, result: ProbeResult) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(breaker = %self.replica.name, "no tokio runtime to return a probe permit; it frees itself when its lease ends");
+            return;
+        };
+        let replica = self.replica.clone();
+        let (generation, lease) = (self.generation, self.lease);
+        runtime.spawn(async move {
+            let release = replica.store.release(
+                &replica.name,
+                &replica.policy,
+                generation,
+                lease,
+                result,
+            );
+            match tokio::time::timeout(replica.policy.store_timeout(), release).await {
+                Ok(Ok(snapshot)) => replica.apply(snapshot),
+                Ok(Err(error)) => {
+                    tracing::warn!(breaker = %replica.name, %error, "could not return a probe permit; it frees itself when its lease ends")
+                }
+                Err(_) => {
+                    tracing::warn!(breaker = %replica.name, "returning a probe permit timed out; it frees itself when its lease ends")
+                }
+            }
+        });
+    }
+}
+
+impl Drop for ProbePermit {
+    fn drop(&mut self) {
+        if !self.done {
+            self.send(ProbeResult::Cancelled);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! One process's view of one breaker: the lock-free snapshot the hot path reads
+//! and the counters it writes.
+//!
+//! A closed call costs one atomic load to admit and two or three atomic
+//! read-modify-writes to record; no lock, no allocation, no store round trip.
+//! The [`driver`](crate::driver) task hands the counters to the store in batches
+//! and feeds snapshots back through [`Replica::apply`].
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::permit::{Admission, ProbePermit};
+use crate::store::{OutcomeBatch, Store};
+use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
+
+/// Low bits of the packed snapshot that hold the state code.
+const STATE_BITS: u32 = 3;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+/// What the hot path decides before calling the inner service.
+#[derive(Debug)]
+pub(crate) enum Peek {
+    /// Call, counting the outcome under `generation` unless the breaker is disabled.
+    Pass { generation: u64, count: bool },
+    /// Reject now.
+    Reject(CircuitOpen),
+    /// The break is over (or a permit may be free): ask the store for a probe permit.
+    NeedsPermit,
+}
+
+/// Outcome counters for the current generation, flushed as an [`OutcomeBatch`].
+#[derive(Debug, Default)]
+struct Counters {
+    successes: AtomicU32,
+    failures: AtomicU32,
+    slow: AtomicU32,
+    trailing_failures: AtomicU32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) name: BreakerName,
+    pub(crate) policy: Policy,
+    pub(crate) store: Arc<dyn Store>,
+    /// `state code | generation << STATE_BITS`.
+    snapshot: AtomicU64,
+    /// When the current rejection ends, in nanoseconds since `epoch`.
+    deadline: AtomicU64,
+    epoch: Instant,
+    counters: Counters,
+    /// A probe-permit request to the store is in flight from this process.
+    probing: AtomicBool,
+    /// Wakes the driver for an early flush (a failure was counted).
+    pub(crate) wake: Arc<Notify>,
+    driver_started: AtomicBool,
+}
+
+impl Replica {
+    pub(crate) fn new(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
+        Replica {
+            name,
+            policy,
+            store,
+            snapshot: AtomicU64::new(pack(Snapshot::INITIAL.state, 0)),
+            deadline: AtomicU64::new(0),
+            epoch: Instant::now(),
+            counters: Counters::default(),
+            probing: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
+            driver_started: AtomicBool::new(false),
+        }
+    }
+
+    /// The hot path's admission check.
+    pub(crate) fn peek(self: &Arc<Self>) -> Peek {
+        if !self.driver_started.load(Ordering::Relaxed) {
+            crate::driver::start(self);
+        }
+        let packed = self.snapshot.load(Ordering::Acquire);
+        let (state, generation) = unpack(packed);
+        match state {
+            State::Closed | State::ForcedClosed => Peek::Pass {
+                generation,
+                count: true,
+            },
+            State::Disabled => Peek::Pass {
+                generation,
+                count: false,
+            },
+            State::Open | State::HalfOpen | State::ForcedOpen => {
+                let left = self.time_left();
+                if left.is_zero() {
+                    Peek::NeedsPermit
+                } else {
+                    Peek::Reject(self.open_error(state, left))
+                }
+            }
+        }
+    }
+
+    /// Marks the driver as started; `false` if it already was.
+    pub(crate) fn claim_driver(&self) -> bool {
+        !self.driver_started.swap(true, Ordering::AcqRel)
+    }
+
+    /// Lets a later call try to start the driver again (no runtime was found).
+    pub(crate) fn release_driver_claim(&self) {
+        self.driver_started.store(false, Ordering::Release);
+    }
+
+    /// Counts one outcome observed under `generation`.
+    #[inline]
+    pub(crate) fn record(&self, generation: u64, outcome: Outcome, slow: bool) {
+        let (_, current) = unpack(self.snapshot.load(Ordering::Relaxed));
+        if generation != current {
+            return; // counted under a state that is gone: the store would drop it
+        }
+        let c = &self.counters;
+        match outcome {
+            Outcome::Ignore => return,
+            Outcome::Success => {
+                c.successes.fetch_add(1, Ordering::Relaxed);
+                c.trailing_failures.store(0, Ordering::Relaxed);
+            }
+            Outcome::Failure => {
+                c.failures.fetch_add(1, Ordering::Relaxed);
+                c.trailing_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if slow {
+            c.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome == Outcome::Failure || slow {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes the counted outcomes as a batch for the current generation.
+    pub(crate) fn take_batch(&self) -> OutcomeBatch {
+        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        let c = &self.counters;
+        // Take the run of failures first: a success racing with the swaps can
+        // only make the run shorter than it was, never longer.
+        let trailing_failures = c.trailing_failures.swap(0, Ordering::Relaxed);
+        let successes = c.successes.swap(0, Ordering::Relaxed);
+        let failures = c.failures.swap(0, Ordering::Relaxed);
+        OutcomeBatch {
+            generation,
+            successes,
+            failures,
+            slow: c.slow.swap(0, Ordering::Relaxed),
+            trailing_failures: trailing_failures.min(failures),
+        }
+    }
+
+    /// Puts back a batch the store could not take, unless the state moved on.
+    pub(crate) fn restore_batch(&self, batch: &OutcomeBatch) {
+        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        if batch.generation != generation {
+            return;
+        }
+        let c = &self.counters;
+        c.successes.fetch_add(batch.successes, Ordering::Relaxed);
+        c.failures.fetch_add(batch.failures, Ordering::Relaxed);
+        c.slow.fetch_add(batch.slow, Ordering::Relaxed);
+        if batch.successes == 0 {
+            c.trailing_failures
+                .fetch_add(batch.trailing_failures, Ordering::Relaxed);
+        }
+    }
+
+    /// Adopts a snapshot from the store unless it is older than the one held.
+    /// Counters of an older generation are discarded.
+    pub(crate) fn apply(&self, snapshot: Snapshot) {
+        let mut current = self.snapshot.load(Ordering::Acquire);
+        loop {
+            let (_, generation) = unpack(current);
+            if snapshot.generation < generation {
+                return;
+            }
+            // The deadline is written before the state it belongs to is published.
+            let deadline = self.now_nanos().saturating_add(nanos(snapshot.remaining));
+            self.deadline.store(deadline, Ordering::Release);
+            let next = pack(snapshot.state, snapshot.generation);
+            match self.snapshot.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if snapshot.generation != generation {
+                        self.take_batch();
+                        let (from, _) = unpack(current);
+                        tracing::debug!(
+                            breaker = %self.name,
+                            from = %from,
+                            to = %snapshot.state,
+                            generation = snapshot.generation,
+                            "breaker transition"
+                        );
+                    }
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The snapshot the hot path works from.
+    pub(crate) fn current(&self) -> Snapshot {
+        let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        Snapshot {
+            state,
+            generation,
+            remaining: self.time_left(),
+        }
+    }
+
+    /// Asks the store for a probe permit. At most one request per process is in
+    /// flight; concurrent callers are rejected meanwhile.
+    pub(crate) async fn acquire(self: Arc<Self>) -> Result<Admission, CircuitOpen> {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            let (state, _) = unpack(self.snapshot.load(Ordering::Acquire));
+            return Err(self.open_error(state, Duration::ZERO));
+        }
+        let _clear = ClearOnDrop(&self.probing);
+        let answer = tokio::time::timeout(
+            self.policy.store_timeout(),
+            self.store.acquire(&self.name, &self.policy),
+        )
+        .await;
+        match answer {
+            Ok(Ok(acquired)) => {
+                self.apply(acquired.snapshot);
+                let snapshot = acquired.snapshot;
+                match acquired.lease {
+                    Some(lease) => Ok(Admission::Probe(ProbePermit::new(
+                        self.clone(),
+                        snapshot.generation,
+                        lease,
+                    ))),
+                    None if snapshot.state.admits_freely() => Ok(Admission::Pass {
+                        generation: snapshot.generation,
+                        count: snapshot.state != State::Disabled,
+                    }),
+                    None => Err(self.open_error(snapshot.state, snapshot.remaining)),
+                }
+            }
+            Ok(Err(error)) => Ok(self.store_failed(&error)),
+            Err(_elapsed) => Ok(self.store_failed(&"timed out")),
+        }
+    }
+
+    /// The store could not be asked: let the call through rather than let the
+    /// store's outage become ours.
+    fn store_failed(&self, error: &dyn std::fmt::Display) -> Admission {
+        tracing::warn!(breaker = %self.name, %error, "store unavailable for a probe permit; letting the call through");
+        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        Admission::Pass {
+            generation,
+            count: true,
+        }
+    }
+
+    pub(crate) fn open_error(&self, state: State, retry_after: Duration) -> CircuitOpen {
+        CircuitOpen::new(self.name.clone(), state, retry_after)
+    }
+
+    fn time_left(&self) -> Duration {
+        let deadline = self.deadline.load(Ordering::Acquire);
+        Duration::from_nanos(deadline.saturating_sub(self.now_nanos()))
+    }
+
+    fn now_nanos(&self) -> u64 {
+        nanos(self.epoch.elapsed())
+    }
+}
+
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn pack(state: State, generation: u64) -> u64 {
+    (generation << STATE_BITS) | state.code()
+}
+
+fn unpack(packed: u64) -> (State, u64) {
+    // Only `pack` writes the word, so the code is always a valid state.
+    let state = State::from_code(packed & STATE_MASK).unwrap_or(State::Closed);
+    (state, packed >> STATE_BITS)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

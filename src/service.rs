@@ -1,0 +1,181 @@
+//! The breaker [`Service`]: admits, rejects or probes each call.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::layer::{Rejection, Shared};
+use crate::permit::Admission;
+use crate::replica::Peek;
+use crate::{BoxError, Breaker, CircuitOpen, Classifier, ResponseFuture};
+
+/// In backpressure mode, the shortest wait before asking again whether a probe
+/// may pass (another call of this process may be asking right now).
+const BACKPRESSURE_RETRY: Duration = Duration::from_millis(10);
+
+type Acquiring = Pin<Box<dyn Future<Output = Result<Admission, CircuitOpen>> + Send>>;
+
+/// A service behind a circuit breaker; built by
+/// [`DistributedCircuitBreakerLayer`](crate::DistributedCircuitBreakerLayer).
+///
+/// While the breaker is closed, `poll_ready` is the inner service's and `call`
+/// calls it at once. While it is open, `call` fails with [`CircuitOpen`] without
+/// touching the inner service (or, in [`Rejection::Backpressure`] mode,
+/// `poll_ready` waits). When the break is over, `poll_ready` asks the store for
+/// a fleet-wide probe permit (waiting at most the policy's `store_timeout`) and
+/// the call that gets it is the probe.
+///
+/// The error type is [`BoxError`]: the inner error, [`CircuitOpen`] or
+/// [`CallTimeout`](crate::CallTimeout); [`BreakerError`](crate::BreakerError)
+/// sorts them for `match`.
+pub struct DistributedCircuitBreaker<S, C> {
+    inner: S,
+    shared: Arc<Shared<C>>,
+    readiness: Readiness,
+}
+
+/// What `poll_ready` decided for the next `call`. A clone starts from `Idle`:
+/// a permit belongs to the service that acquired it.
+enum Readiness {
+    /// Nothing reserved: `call` decides from the breaker's state.
+    Idle,
+    /// Asking the store for a probe permit.
+    Acquiring(Acquiring),
+    /// Decided: admit (perhaps as a probe) or reject.
+    Decided(Result<Admission, CircuitOpen>),
+    /// Backpressure mode: waiting for the break to end.
+    Waiting(Pin<Box<Sleep>>),
+}
+
+impl<S, C> DistributedCircuitBreaker<S, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
+        Self {
+            inner,
+            shared,
+            readiness: Readiness::Idle,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the breaker, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A handle to inspect and command the breaker.
+    pub fn breaker(&self) -> Breaker {
+        Breaker::new(self.shared.replica.clone())
+    }
+}
+
+impl<S, C, Req> Service<Req> for DistributedCircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classifier<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            match &mut self.readiness {
+                Readiness::Idle => match self.shared.replica.peek() {
+                    // Decided again, at no cost, in `call`.
+                    Peek::Pass { .. } => return self.inner.poll_ready(cx).map_err(Into::into),
+                    Peek::Reject(open) => self.readiness = Readiness::Decided(Err(open)),
+                    Peek::NeedsPermit => {
+                        let acquire = self.shared.replica.clone().acquire();
+                        self.readiness = Readiness::Acquiring(Box::pin(acquire));
+                    }
+                },
+                Readiness::Acquiring(acquire) => {
+                    let decision = ready!(acquire.as_mut().poll(cx));
+                    self.readiness = Readiness::Decided(decision);
+                }
+                Readiness::Decided(Ok(_)) => return self.inner.poll_ready(cx).map_err(Into::into),
+                Readiness::Decided(Err(open)) => match self.shared.rejection {
+                    Rejection::Fail => return Poll::Ready(Ok(())),
+                    Rejection::Backpressure => {
+                        let wait = open.retry_after().max(BACKPRESSURE_RETRY);
+                        let sleep = tokio::time::sleep_until(Instant::now() + wait);
+                        self.readiness = Readiness::Waiting(Box::pin(sleep));
+                    }
+                },
+                Readiness::Waiting(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    self.readiness = Readiness::Idle;
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let admission = match std::mem::replace(&mut self.readiness, Readiness::Idle) {
+            Readiness::Decided(Ok(admission)) => admission,
+            Readiness::Decided(Err(open)) => return ResponseFuture::rejected(open),
+            // Closed when polled ready: check again, the state may have moved.
+            _ => match self.shared.replica.peek() {
+                Peek::Pass { generation, count } => Admission::Pass { generation, count },
+                Peek::Reject(open) => return ResponseFuture::rejected(open),
+                // The break ended between `poll_ready` and `call`; the next
+                // `poll_ready` asks for a permit.
+                Peek::NeedsPermit => {
+                    let current = self.shared.replica.current();
+                    let open = self.shared.replica.open_error(current.state, Duration::ZERO);
+                    return ResponseFuture::rejected(open);
+                }
+            },
+        };
+        let timeout = self.shared.call_timeout.map(tokio::time::sleep);
+        ResponseFuture::called(
+            self.inner.call(request),
+            self.shared.clone(),
+            admission,
+            timeout,
+        )
+    }
+}
+
+impl<S: Clone, C> Clone for DistributedCircuitBreaker<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            readiness: Readiness::Idle,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for DistributedCircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let readiness = match &self.readiness {
+            Readiness::Idle => "idle",
+            Readiness::Acquiring(_) => "acquiring a probe permit",
+            Readiness::Decided(Ok(_)) => "admitted",
+            Readiness::Decided(Err(_)) => "rejected",
+            Readiness::Waiting(_) => "waiting for the break to end",
+        };
+        f.debug_struct("DistributedCircuitBreaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.shared)
+            .field("readiness", &readiness)
+            .finish()
+    }
+}

@@ -1,0 +1,219 @@
+//! The embedded store: breakers shared by every layer in this process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{Acquired, BreakerName, Force, OutcomeBatch, ProbeResult, Store, StoreFuture};
+use crate::machine::Machine;
+use crate::policy::Params;
+use crate::rand::rand16;
+use crate::{Policy, Snapshot, Transition};
+
+/// How many transitions a slow subscriber may fall behind before it skips
+/// ahead (it then resynchronises on its next refresh).
+const EVENT_BUFFER: usize = 1024;
+
+/// Operations between two sweeps of breakers idle past their TTL.
+const SWEEP_EVERY: u64 = 4096;
+
+/// The in-process [`Store`]: the default when no Redis is configured.
+///
+/// Cloning a `MemoryStore` gives another handle to the same breakers, so every
+/// layer built on clones of one store shares state, exactly as processes
+/// sharing one Redis do. Breakers idle for longer than their policy's
+/// `key_ttl` are forgotten.
+///
+/// ```
+/// use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, MemoryStore, Policy};
+///
+/// let store = MemoryStore::new();
+/// let a = DistributedCircuitBreakerLayer::new("payments", Policy::default(), store.clone())?;
+/// let b = DistributedCircuitBreakerLayer::new("payments", Policy::default(), store)?;
+/// // `a` and `b` are two replicas of one breaker.
+/// # Ok::<(), distributed_circuit_breaker::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    breakers: Mutex<Breakers>,
+    events: broadcast::Sender<Transition>,
+    epoch: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Breakers {
+    map: HashMap<BreakerName, Entry>,
+    operations: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    machine: Machine,
+    expires_at: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Self {
+            inner: Arc::new(Inner {
+                breakers: Mutex::new(Breakers::default()),
+                events,
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// Milliseconds since the store was made: the store's clock (tokio's, so
+    /// tests with a paused clock drive it).
+    fn now(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Breakers> {
+        // No code panics while holding the lock, and the map stays consistent at
+        // every step, so a poisoned lock is safe to keep using.
+        self.inner
+            .breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one step of the machine under the lock and announces any transition.
+    fn step<T>(
+        &self,
+        name: &BreakerName,
+        policy: &Policy,
+        op: impl FnOnce(&mut Machine, &Params, u64) -> T,
+    ) -> (T, Snapshot) {
+        let params = policy.params();
+        let now = self.now();
+        let mut breakers = self.lock();
+        breakers.operations += 1;
+        if breakers.operations % SWEEP_EVERY == 0 {
+            breakers.map.retain(|_, entry| entry.expires_at > now);
+        }
+        let entry = breakers
+            .map
+            .entry(name.clone())
+            .or_insert_with(|| Entry {
+                machine: Machine::new(now),
+                expires_at: 0,
+            });
+        if entry.expires_at != 0 && entry.expires_at <= now {
+            entry.machine = Machine::new(now);
+        }
+        entry.expires_at = now + params.ttl_ms;
+        let before = entry.machine.generation;
+        let out = op(&mut entry.machine, params, now);
+        let snapshot = entry.machine.snapshot(params, now);
+        if snapshot.generation != before {
+            // No receiver is fine: nobody subscribed yet.
+            let _ = self.inner.events.send(Transition {
+                name: name.as_str().to_owned(),
+                snapshot,
+            });
+        }
+        (out, snapshot)
+    }
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl Store for MemoryStore {
+    fn record<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        batch: OutcomeBatch,
+    ) -> StoreFuture<'a, Snapshot> {
+        let ((), snapshot) = self.step(name, policy, |m, p, now| {
+            m.record(p, now, &batch, rand16());
+        });
+        ready(snapshot)
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+    ) -> StoreFuture<'a, Acquired> {
+        let (acquired, _) = self.step(name, policy, |m, p, now| m.acquire(p, now));
+        ready(acquired)
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        generation: u64,
+        lease: u64,
+        result: ProbeResult,
+    ) -> StoreFuture<'a, Snapshot> {
+        let ((), snapshot) = self.step(name, policy, |m, p, now| {
+            m.release(p, now, generation, lease, result, rand16());
+        });
+        ready(snapshot)
+    }
+
+    fn force<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+    ) -> StoreFuture<'a, Snapshot> {
+        let ((), snapshot) = self.step(name, policy, |m, _, now| m.force(now, force));
+        ready(snapshot)
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+    ) -> StoreFuture<'a, Snapshot> {
+        let ((), snapshot) = self.step(name, policy, |m, _, now| m.expire(now));
+        ready(snapshot)
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {
+        let now = self.now();
+        let mut breakers = self.lock();
+        breakers.map.retain(|_, entry| entry.expires_at > now);
+        let mut all: Vec<_> = breakers
+            .map
+            .iter()
+            .map(|(name, entry)| {
+                // The snapshot's `remaining` for a full half-open breaker is capped
+                // by the sync interval, which `list` does not know; report the
+                // plain lease time instead.
+                let params = Params {
+                    permits: u32::MAX,
+                    ..Params::default()
+                };
+                (name.as_str().to_owned(), entry.machine.snapshot(&params, now))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        ready(all)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.inner.events.subscribe()
+    }
+}

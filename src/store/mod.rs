@@ -1,0 +1,240 @@
+//! Where the shared state of every breaker lives.
+//!
+//! A [`Store`] runs the breaker state machine atomically for every process that
+//! uses it. [`MemoryStore`] keeps it in this process (every layer built on one
+//! `MemoryStore` shares its breakers); the Redis store keeps it in Redis for a
+//! whole fleet. Processes only talk to the store in the background (batched
+//! outcomes, periodic refresh) and for the rare half-open probe permit, never on
+//! the hot path of a closed breaker.
+
+mod memory;
+mod name;
+
+pub use memory::MemoryStore;
+pub use name::{BreakerName, MAX_NAME_LEN};
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::{Policy, Snapshot, Transition};
+
+/// The boxed future a [`Store`] method returns. Stores are called off the hot
+/// path only, so one allocation per call to the store is of no concern.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Outcomes counted by one process under one generation of a breaker, handed to
+/// the store in one go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutcomeBatch {
+    /// The generation the calls were admitted under; a store drops a batch whose
+    /// generation is not the breaker's current one.
+    pub generation: u64,
+    /// Calls classified as successes.
+    pub successes: u32,
+    /// Calls classified as failures.
+    pub failures: u32,
+    /// Calls, successful or not, that took at least the slow-call duration.
+    pub slow: u32,
+    /// Failures after the last success of the batch (all of them if there was
+    /// none): how the batch extends the breaker's run of consecutive failures.
+    pub trailing_failures: u32,
+}
+
+impl OutcomeBatch {
+    /// Whether the batch holds no outcome.
+    pub fn is_empty(&self) -> bool {
+        self.successes == 0 && self.failures == 0
+    }
+}
+
+/// The answer to [`Store::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// The lease id of the granted permit, if one was granted.
+    pub lease: Option<u64>,
+    /// The breaker after the request.
+    pub snapshot: Snapshot,
+}
+
+/// How a half-open probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// The dependency answered well: counts toward closing.
+    Success,
+    /// The dependency failed again: the breaker re-opens.
+    Failure,
+    /// The probe was dropped or its outcome ignored: the permit is freed, nothing counted.
+    Cancelled,
+}
+
+/// An operator's command to a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Force {
+    /// Reject every call, for the given time or until reset.
+    Open(Option<Duration>),
+    /// Admit every call and count outcomes without ever tripping.
+    Closed(Option<Duration>),
+    /// Admit every call and count nothing.
+    Disabled(Option<Duration>),
+    /// Back to closed, counters and backoff cleared.
+    Reset,
+}
+
+/// Why a store could not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+}
+
+/// The broad class of a [`StoreError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store could not be reached or did not answer in time.
+    Unavailable,
+    /// The store answered with data it should not hold (wrong type, bad values).
+    Corrupt,
+    /// The store refused the command (authentication, permissions, configuration).
+    Refused,
+}
+
+impl StoreError {
+    /// A new error of `kind`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The class of the error.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            StoreErrorKind::Unavailable => "store unavailable",
+            StoreErrorKind::Corrupt => "store holds invalid data",
+            StoreErrorKind::Refused => "store refused the command",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The shared state of breakers, keyed by name.
+///
+/// Every method runs one atomic step of the breaker state machine on the
+/// store's own clock and answers with the breaker's [`Snapshot`] after it.
+/// Implementations must publish every change of generation to the receivers of
+/// [`subscribe`](Store::subscribe).
+///
+/// The `policy` travels with each call because the store keeps no configuration:
+/// processes that share a breaker name should share its policy.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Counts a batch of outcomes; trips the breaker when the policy says so.
+    fn record<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        batch: OutcomeBatch,
+    ) -> StoreFuture<'a, Snapshot>;
+
+    /// Asks for a half-open probe permit (moving an open breaker whose break is
+    /// over to half-open).
+    fn acquire<'a>(&'a self, name: &'a BreakerName, policy: &'a Policy)
+        -> StoreFuture<'a, Acquired>;
+
+    /// Returns a probe permit with the probe's result.
+    fn release<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        generation: u64,
+        lease: u64,
+        result: ProbeResult,
+    ) -> StoreFuture<'a, Snapshot>;
+
+    /// Applies an operator's command.
+    fn force<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+    ) -> StoreFuture<'a, Snapshot>;
+
+    /// Reads a breaker's current state.
+    fn snapshot<'a>(&'a self, name: &'a BreakerName, policy: &'a Policy)
+        -> StoreFuture<'a, Snapshot>;
+
+    /// Lists every breaker the store holds.
+    fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>>;
+
+    /// Receives every transition of every breaker in the store from now on.
+    fn subscribe(&self) -> broadcast::Receiver<Transition>;
+}
+
+/// A shared store handle is a store.
+impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
+    fn record<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        batch: OutcomeBatch,
+    ) -> StoreFuture<'a, Snapshot> {
+        (**self).record(name, policy, batch)
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+    ) -> StoreFuture<'a, Acquired> {
+        (**self).acquire(name, policy)
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        generation: u64,
+        lease: u64,
+        result: ProbeResult,
+    ) -> StoreFuture<'a, Snapshot> {
+        (**self).release(name, policy, generation, lease, result)
+    }
+
+    fn force<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+    ) -> StoreFuture<'a, Snapshot> {
+        (**self).force(name, policy, force)
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+    ) -> StoreFuture<'a, Snapshot> {
+        (**self).snapshot(name, policy)
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {
+        (**self).list()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        (**self).subscribe()
+    }
+}

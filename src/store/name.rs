@@ -1,0 +1,104 @@
+//! Breaker names: validated once, cheap to clone.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::ConfigError;
+
+/// The longest breaker name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// The validated name of a breaker: 1 to [`MAX_NAME_LEN`] bytes, no control
+/// characters, no `{` or `}` (the Redis store wraps names in a Cluster hash tag).
+///
+/// Processes that use the same name (and store) share one breaker.
+///
+/// ```
+/// use distributed_circuit_breaker::BreakerName;
+///
+/// assert!(BreakerName::new("payments-api").is_ok());
+/// assert_eq!(BreakerName::new("").unwrap_err().field(), "name");
+/// assert!(BreakerName::new("a{b}").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BreakerName(Arc<str>);
+
+impl BreakerName {
+    /// Validates `name`.
+    pub fn new(name: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let name = name.as_ref();
+        if name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(ConfigError::new(
+                "name",
+                format!("must be at most {MAX_NAME_LEN} bytes, got {}", name.len()),
+            ));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| c.is_control() || *c == '{' || *c == '}')
+        {
+            return Err(ConfigError::new(
+                "name",
+                format!("must not contain {c:?} (control characters and braces are reserved)"),
+            ));
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BreakerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for BreakerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl AsRef<str> for BreakerName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for BreakerName {
+    type Error = ConfigError;
+
+    fn try_from(name: &str) -> Result<Self, ConfigError> {
+        BreakerName::new(name)
+    }
+}
+
+impl TryFrom<String> for BreakerName {
+    type Error = ConfigError;
+
+    fn try_from(name: String) -> Result<Self, ConfigError> {
+        BreakerName::new(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_names_with_the_field() {
+        for bad in ["", "tab\there", "new\nline", "{tag}", "x}", &"a".repeat(MAX_NAME_LEN + 1)] {
+            let err = BreakerName::new(bad).unwrap_err();
+            assert_eq!(err.field(), "name", "{bad:?}");
+        }
+        assert!(BreakerName::new("a".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(BreakerName::new("GET /payments/:id").is_ok());
+    }
+}
