@@ -1,0 +1,542 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::Policy;
+
+fn params(builder: crate::PolicyBuilder) -> Params {
+    *builder.build().unwrap().params()
+}
+
+fn consecutive(n: u32) -> Params {
+    params(
+        Policy::builder()
+            .consecutive_failures(n)
+            .break_duration(Duration::from_millis(1000))
+            .probe_lease(Duration::from_millis(500))
+            .sync_interval(Duration::from_millis(100)),
+    )
+}
+
+fn batch(generation: u64, successes: u32, failures: u32, trailing: u32) -> OutcomeBatch {
+    OutcomeBatch {
+        generation,
+        successes,
+        failures,
+        slow: 0,
+        trailing_failures: trailing,
+    }
+}
+
+fn tripped(p: &Params) -> Machine {
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(p, 0, &batch(g, 0, p.consecutive, p.consecutive), 0);
+    assert_eq!(m.state, State::Open);
+    m
+}
+
+#[test]
+fn new_machine_is_closed_with_a_time_based_generation() {
+    let m = Machine::new(41);
+    assert_eq!(m.state, State::Closed);
+    assert_eq!(m.generation, 42);
+}
+
+#[test]
+fn consecutive_failures_trip_across_batches() {
+    let p = consecutive(5);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(&p, 0, &batch(g, 0, 3, 3), 0);
+    assert_eq!((m.state, m.consecutive), (State::Closed, 3));
+    m.record(&p, 1, &batch(g, 0, 2, 2), 0);
+    assert_eq!(m.state, State::Open);
+    assert_eq!(m.generation, g + 1);
+    assert_eq!(m.open_until, 1 + 1000);
+}
+
+#[test]
+fn a_success_breaks_the_run() {
+    let p = consecutive(5);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(&p, 0, &batch(g, 0, 4, 4), 0);
+    m.record(&p, 0, &batch(g, 1, 3, 1), 0);
+    assert_eq!((m.state, m.consecutive), (State::Closed, 1));
+}
+
+#[test]
+fn stale_generation_batches_are_dropped() {
+    let p = consecutive(1);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(&p, 0, &batch(g - 1, 0, 10, 10), 0);
+    m.record(&p, 0, &batch(g + 1, 0, 10, 10), 0);
+    assert_eq!(m.state, State::Closed);
+    assert_eq!(m.generation, g);
+}
+
+#[test]
+fn failure_rate_needs_minimum_calls_in_the_window() {
+    let p = params(
+        Policy::builder()
+            .no_consecutive_failures()
+            .failure_rate(0.5)
+            .minimum_calls(10)
+            .window(Duration::from_millis(1000))
+            .window_buckets(10),
+    );
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(&p, 0, &batch(g, 0, 9, 9), 0);
+    assert_eq!(m.state, State::Closed, "9 calls < minimum 10");
+    // The 9 failures slide out of the window; 10 fresh calls at 40% stay closed.
+    m.record(&p, 1000, &batch(g, 6, 4, 0), 0);
+    assert_eq!(m.state, State::Closed);
+    m.record(&p, 1050, &batch(g, 0, 3, 3), 0);
+    assert_eq!(m.state, State::Open, "7 of 13 failed");
+}
+
+#[test]
+fn slow_call_rate_trips() {
+    let p = params(
+        Policy::builder()
+            .no_consecutive_failures()
+            .slow_call_rate(0.5)
+            .slow_call_duration(Duration::from_millis(100))
+            .minimum_calls(4),
+    );
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(
+        &p,
+        0,
+        &OutcomeBatch {
+            generation: g,
+            successes: 4,
+            failures: 0,
+            slow: 2,
+            trailing_failures: 0,
+        },
+        0,
+    );
+    assert_eq!(m.state, State::Open);
+}
+
+#[test]
+fn open_becomes_half_open_only_after_the_break() {
+    let p = consecutive(1);
+    let mut m = tripped(&p);
+    let open_gen = m.generation;
+    let early = m.acquire(&p, 999);
+    assert_eq!(early.lease, None);
+    assert_eq!(early.snapshot.state, State::Open);
+    assert_eq!(early.snapshot.remaining, Duration::from_millis(1));
+    let probe = m.acquire(&p, 1000);
+    assert_eq!(probe.lease, Some(1));
+    assert_eq!(probe.snapshot.state, State::HalfOpen);
+    assert_eq!(probe.snapshot.generation, open_gen + 1);
+}
+
+#[test]
+fn half_open_grants_exactly_the_permits_and_reissues_expired_leases() {
+    let p = consecutive(1);
+    let mut m = tripped(&p);
+    assert!(m.acquire(&p, 1000).lease.is_some());
+    let denied = m.acquire(&p, 1100);
+    assert_eq!(denied.lease, None);
+    // The next permit frees in 400ms, but processes ask again every sync interval.
+    assert_eq!(denied.snapshot.remaining, Duration::from_millis(100));
+    assert_eq!(m.acquire(&p, 1499).lease, None);
+    assert_eq!(m.acquire(&p, 1500).lease, Some(2), "the lease ran out");
+}
+
+#[test]
+fn probe_success_closes_and_failure_reopens_with_backoff() {
+    let p = params(
+        Policy::builder()
+            .consecutive_failures(1)
+            .break_duration(Duration::from_millis(1000))
+            .backoff(2.0, Duration::from_millis(3000))
+            .successes_to_close(2)
+            .half_open_permits(2),
+    );
+    let mut m = tripped(&p);
+    let a = m.acquire(&p, 1000).lease.unwrap();
+    let gen = m.generation;
+    m.release(&p, 1010, gen, a, ProbeResult::Failure, 0);
+    assert_eq!(m.state, State::Open);
+    assert_eq!(m.open_until, 1010 + 2000, "second open in a row doubles");
+    let a = m.acquire(&p, 3010).lease.unwrap();
+    let b = m.acquire(&p, 3010).lease.unwrap();
+    let gen = m.generation;
+    m.release(&p, 3020, gen, a, ProbeResult::Success, 0);
+    assert_eq!(m.state, State::HalfOpen);
+    m.release(&p, 3020, gen, b, ProbeResult::Success, 0);
+    assert_eq!(m.state, State::Closed);
+    assert_eq!(m.opens, 0, "closing resets the backoff");
+}
+
+#[test]
+fn cancelled_probe_frees_its_permit() {
+    let p = consecutive(1);
+    let mut m = tripped(&p);
+    let lease = m.acquire(&p, 1000).lease.unwrap();
+    let gen = m.generation;
+    m.release(&p, 1001, gen, lease, ProbeResult::Cancelled, 0);
+    assert_eq!(m.state, State::HalfOpen);
+    assert!(m.acquire(&p, 1002).lease.is_some());
+}
+
+#[test]
+fn late_probe_result_from_an_old_generation_is_ignored() {
+    let p = consecutive(1);
+    let mut m = tripped(&p);
+    let lease = m.acquire(&p, 1000).lease.unwrap();
+    let gen = m.generation;
+    m.force(1001, Force::Reset);
+    m.release(&p, 1002, gen, lease, ProbeResult::Failure, 0);
+    assert_eq!(m.state, State::Closed);
+}
+
+#[test]
+fn forced_states_hold_and_expire() {
+    let p = consecutive(1);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.force(0, Force::Open(Some(Duration::from_millis(300))));
+    assert_eq!(m.state, State::ForcedOpen);
+    assert_eq!(m.generation, g + 1);
+    assert_eq!(m.acquire(&p, 100).lease, None);
+    assert_eq!(m.snapshot(&p, 100).remaining, Duration::from_millis(200));
+    let after = m.acquire(&p, 300);
+    assert_eq!(after.snapshot.state, State::Closed);
+    assert_eq!(after.snapshot.generation, g + 2);
+
+    m.force(300, Force::Closed(None));
+    let g = m.generation;
+    m.record(&p, 301, &batch(g, 0, 100, 100), 0);
+    assert_eq!(m.state, State::ForcedClosed, "forced closed never trips");
+    m.force(302, Force::Disabled(None));
+    m.record(&p, 303, &batch(m.generation, 0, 100, 100), 0);
+    assert_eq!(m.state, State::Disabled);
+    m.force(304, Force::Reset);
+    assert_eq!(m.state, State::Closed);
+}
+
+#[test]
+fn indefinite_forced_open_reports_the_base_break() {
+    let p = consecutive(1);
+    let mut m = Machine::new(0);
+    m.force(0, Force::Open(None));
+    assert_eq!(m.snapshot(&p, 10_000).remaining, Duration::from_millis(1000));
+}
+
+#[test]
+fn break_backoff_is_capped_and_jitter_only_shortens() {
+    let p = params(
+        Policy::builder()
+            .break_duration(Duration::from_millis(1000))
+            .backoff(3.0, Duration::from_millis(5000))
+            .jitter(0.5),
+    );
+    assert_eq!(break_ms(&p, 1, 0), 1000);
+    assert_eq!(break_ms(&p, 2, 0), 3000);
+    assert_eq!(break_ms(&p, 3, 0), 5000);
+    assert_eq!(break_ms(&p, u32::MAX, 0), 5000);
+    assert_eq!(break_ms(&p, 1, 32_768), 750);
+    assert_eq!(break_ms(&p, 1, 65_535), 501);
+}
+
+// ---------------------------------------------------------------------------
+// Model-based property test: the machine against a small reference model that
+// keeps every outcome (instead of buckets and counters) and recomputes the
+// rules from scratch after each step.
+
+#[derive(Debug, Clone)]
+struct Model {
+    state: State,
+    generation: u64,
+    open_until: u64,
+    forced_until: u64,
+    opens: u32,
+    /// (time, failed, slow) for every counted call since the last transition.
+    calls: Vec<(u64, bool, bool)>,
+    /// Failed-or-not for every counted call, in the order the batches imply.
+    sequence: Vec<bool>,
+    probe_successes: u32,
+    leases: BTreeMap<u64, u64>,
+    next_lease: u64,
+}
+
+impl Model {
+    fn new(now: u64) -> Self {
+        Model {
+            state: State::Closed,
+            generation: now + 1,
+            open_until: 0,
+            forced_until: 0,
+            opens: 0,
+            calls: vec![],
+            sequence: vec![],
+            probe_successes: 0,
+            leases: BTreeMap::new(),
+            next_lease: 1,
+        }
+    }
+
+    fn enter(&mut self, state: State) {
+        self.state = state;
+        self.generation += 1;
+        self.calls.clear();
+        self.sequence.clear();
+        self.probe_successes = 0;
+        self.forced_until = 0;
+        self.leases.clear();
+    }
+
+    fn expire(&mut self, now: u64) {
+        let forced = matches!(self.state, State::ForcedOpen | State::ForcedClosed | State::Disabled);
+        if forced && self.forced_until != 0 && now >= self.forced_until {
+            self.enter(State::Closed);
+        }
+    }
+
+    fn open(&mut self, p: &Params, now: u64, rand16: u32) {
+        self.enter(State::Open);
+        self.opens += 1;
+        self.open_until = now + break_ms(p, self.opens, rand16);
+    }
+
+    fn trips(&self, p: &Params, now: u64) -> bool {
+        let run = self.sequence.iter().rev().take_while(|failed| **failed).count() as u64;
+        if p.consecutive > 0 && run >= u64::from(p.consecutive) {
+            return true;
+        }
+        let current = now / p.bucket_ms;
+        let in_window: Vec<_> = self
+            .calls
+            .iter()
+            .filter(|(t, _, _)| t / p.bucket_ms + u64::from(p.buckets) > current)
+            .collect();
+        let calls = in_window.len() as f64;
+        if in_window.len() < p.minimum_calls as usize || in_window.is_empty() {
+            return false;
+        }
+        let failures = in_window.iter().filter(|c| c.1).count() as f64;
+        let slow = in_window.iter().filter(|c| c.2).count() as f64;
+        (p.failure_ppm > 0 && failures / calls >= f64::from(p.failure_ppm) / 1e6)
+            || (p.slow_ppm > 0 && slow / calls >= f64::from(p.slow_ppm) / 1e6)
+    }
+
+    fn record(&mut self, p: &Params, now: u64, b: &OutcomeBatch, rand16: u32) {
+        self.expire(now);
+        if b.generation != self.generation || !matches!(self.state, State::Closed | State::ForcedClosed) {
+            return;
+        }
+        let (early, late) = if b.successes > 0 {
+            (b.failures - b.trailing_failures, b.trailing_failures)
+        } else {
+            (b.failures, 0)
+        };
+        self.sequence.extend(std::iter::repeat(true).take(early as usize));
+        self.sequence.extend(std::iter::repeat(false).take(b.successes as usize));
+        self.sequence.extend(std::iter::repeat(true).take(late as usize));
+        let mut slow_left = b.slow;
+        for failed in std::iter::repeat(true)
+            .take(b.failures as usize)
+            .chain(std::iter::repeat(false).take(b.successes as usize))
+        {
+            let slow = slow_left > 0;
+            slow_left = slow_left.saturating_sub(1);
+            self.calls.push((now, failed, slow));
+        }
+        if self.state == State::Closed && self.trips(p, now) {
+            self.open(p, now, rand16);
+        }
+    }
+
+    fn acquire(&mut self, p: &Params, now: u64) -> Option<u64> {
+        self.expire(now);
+        if self.state == State::Open && now >= self.open_until {
+            self.enter(State::HalfOpen);
+        }
+        if self.state != State::HalfOpen {
+            return None;
+        }
+        self.leases.retain(|_, deadline| *deadline > now);
+        if self.leases.len() as u32 >= p.permits {
+            return None;
+        }
+        let id = self.next_lease;
+        self.next_lease += 1;
+        self.leases.insert(id, now + p.lease_ms);
+        Some(id)
+    }
+
+    fn release(&mut self, p: &Params, now: u64, gen: u64, lease: u64, r: ProbeResult, rand16: u32) {
+        self.expire(now);
+        if gen != self.generation || self.state != State::HalfOpen {
+            return;
+        }
+        self.leases.remove(&lease);
+        match r {
+            ProbeResult::Failure => self.open(p, now, rand16),
+            ProbeResult::Success => {
+                self.probe_successes += 1;
+                if self.probe_successes >= p.successes {
+                    self.opens = 0;
+                    self.enter(State::Closed);
+                }
+            }
+            ProbeResult::Cancelled => {}
+        }
+    }
+
+    fn force(&mut self, now: u64, f: Force) {
+        self.expire(now);
+        let (state, d) = match f {
+            Force::Reset => {
+                self.opens = 0;
+                self.enter(State::Closed);
+                return;
+            }
+            Force::Open(d) => (State::ForcedOpen, d),
+            Force::Closed(d) => (State::ForcedClosed, d),
+            Force::Disabled(d) => (State::Disabled, d),
+        };
+        self.enter(state);
+        self.forced_until = d.map_or(0, |d| now + (d.as_millis() as u64).max(1));
+    }
+
+    fn remaining(&self, p: &Params, now: u64) -> u64 {
+        match self.state {
+            State::Open => self.open_until.saturating_sub(now),
+            State::HalfOpen => {
+                let live: Vec<u64> = self.leases.values().copied().filter(|d| *d > now).collect();
+                if live.len() as u32 >= p.permits {
+                    live.iter().min().map_or(0, |d| d - now).min(p.sync_ms)
+                } else {
+                    0
+                }
+            }
+            State::ForcedOpen if self.forced_until == 0 => p.break_ms,
+            State::ForcedOpen | State::ForcedClosed | State::Disabled => {
+                self.forced_until.saturating_sub(now)
+            }
+            State::Closed => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Record { stale: bool, successes: u32, failures: u32, slow: u32, trailing: u32 },
+    Acquire,
+    Release { pick: usize, result: u8, stale: bool },
+    Force { kind: u8, ms: Option<u64> },
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<bool>(), 0u32..5, 0u32..6, 0u32..4, 0u32..6).prop_map(|(stale, successes, failures, slow, trailing)| Op::Record {
+            stale: stale && successes % 4 == 0,
+            successes,
+            failures,
+            slow: slow.min(successes + failures),
+            trailing: trailing.min(failures),
+        }),
+        3 => Just(Op::Acquire),
+        3 => (0usize..4, 0u8..3, any::<bool>()).prop_map(|(pick, result, stale)| Op::Release { pick, result, stale: stale && pick == 0 }),
+        1 => (0u8..4, proptest::option::of(1u64..400)).prop_map(|(kind, ms)| Op::Force { kind, ms }),
+        4 => (0u64..400).prop_map(Op::Advance),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = Params> {
+    (
+        0u32..4,
+        prop_oneof![Just(0u32), Just(500_000), Just(200_000)],
+        prop_oneof![Just(0u32), Just(300_000)],
+        1u32..8,
+        (10u64..100, 1u32..5),
+        (50u64..400, 1000u32..3000, 1u64..4),
+        prop_oneof![Just(0u32), Just(300_000)],
+        (1u32..4, 1u32..4, 20u64..300, 10u64..100),
+    )
+        .prop_map(|(consecutive, failure_ppm, slow_ppm, minimum_calls, (bucket_ms, buckets), (break_ms, backoff, cap), jitter_ppm, (permits, successes, lease_ms, sync_ms))| Params {
+            consecutive: if consecutive == 0 && failure_ppm == 0 && slow_ppm == 0 { 3 } else { consecutive },
+            failure_ppm,
+            slow_ppm,
+            minimum_calls,
+            bucket_ms,
+            buckets,
+            break_ms,
+            backoff_permille: backoff,
+            break_max_ms: break_ms * cap,
+            jitter_ppm,
+            permits,
+            successes,
+            lease_ms,
+            ttl_ms: 3_600_000,
+            sync_ms,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn machine_matches_the_reference_model(
+        p in policy(),
+        ops in proptest::collection::vec((op(), 0u32..65_536), 1..120),
+    ) {
+        let mut now = 1_000u64;
+        let mut machine = Machine::new(now);
+        let mut model = Model::new(now);
+        let mut granted: Vec<(u64, u64)> = vec![];
+        for (op, rand16) in ops {
+            match op {
+                Op::Record { stale, successes, failures, slow, trailing } => {
+                    let generation = machine.generation - u64::from(stale);
+                    let b = OutcomeBatch { generation, successes, failures, slow, trailing_failures: trailing };
+                    machine.record(&p, now, &b, rand16);
+                    model.record(&p, now, &b, rand16);
+                }
+                Op::Acquire => {
+                    let got = machine.acquire(&p, now);
+                    let want = model.acquire(&p, now);
+                    prop_assert_eq!(got.lease, want);
+                    if let Some(lease) = got.lease {
+                        granted.insert(0, (machine.generation, lease));
+                    }
+                }
+                Op::Release { pick, result, stale } => {
+                    if let Some(&(gen, lease)) = granted.get(pick) {
+                        let gen = gen - u64::from(stale);
+                        let r = [ProbeResult::Success, ProbeResult::Failure, ProbeResult::Cancelled][result as usize];
+                        machine.release(&p, now, gen, lease, r, rand16);
+                        model.release(&p, now, gen, lease, r, rand16);
+                    }
+                }
+                Op::Force { kind, ms } => {
+                    let d = ms.map(Duration::from_millis);
+                    let f = [Force::Open(d), Force::Closed(d), Force::Disabled(d), Force::Reset][kind as usize];
+                    machine.force(now, f);
+                    model.force(now, f);
+                }
+                Op::Advance(ms) => now += ms,
+            }
+            let snap = machine.snapshot(&p, now);
+            prop_assert_eq!(snap.state, model.state);
+            prop_assert_eq!(snap.generation, model.generation);
+            prop_assert_eq!(snap.remaining, Duration::from_millis(model.remaining(&p, now)));
+            prop_assert_eq!(machine.opens, model.opens);
+            prop_assert_eq!(machine.live_leases(now) as usize, model.leases.values().filter(|d| **d > now).count());
+        }
+    }
+}
