@@ -105,10 +105,12 @@ impl Machine {
     }
 
     /// Counts a batch of outcomes observed under `batch.generation`; a batch from
-    /// an older (or unknown) generation is dropped.
+    /// another generation is dropped. Generation 0 is a process that has not
+    /// heard from the store yet: it believed the breaker closed, so its batch
+    /// counts toward whatever generation is current.
     pub(crate) fn record(&mut self, p: &Params, now: u64, batch: &OutcomeBatch, rand16: u32) {
         self.expire(now);
-        if batch.generation != self.generation {
+        if batch.generation != self.generation && batch.generation != 0 {
             return;
         }
         match self.state {

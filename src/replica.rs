@@ -116,8 +116,11 @@ impl Replica {
     #[inline]
     pub(crate) fn record(&self, generation: u64, outcome: Outcome, slow: bool) {
         let (_, current) = unpack(self.snapshot.load(Ordering::Relaxed));
-        if generation != current {
-            return; // counted under a state that is gone: the store would drop it
+        // Counted under a state that is gone: the store would drop it. Calls
+        // admitted before the first sync (generation 0) count toward the first
+        // generation heard of.
+        if generation != current && generation != 0 {
+            return;
         }
         let c = &self.counters;
         match outcome {
@@ -194,7 +197,9 @@ impl Replica {
             ) {
                 Ok(_) => {
                     if snapshot.generation != generation {
-                        self.take_batch();
+                        if generation != 0 {
+                            self.take_batch();
+                        }
                         let (from, _) = unpack(current);
                         tracing::debug!(
                             breaker = %self.name,

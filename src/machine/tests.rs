@@ -71,7 +71,7 @@ fn a_success_breaks_the_run() {
 #[test]
 fn stale_generation_batches_are_dropped() {
     let p = consecutive(1);
-    let mut m = Machine::new(0);
+    let mut m = Machine::new(10);
     let g = m.generation;
     m.record(&p, 0, &batch(g - 1, 0, 10, 10), 0);
     m.record(&p, 0, &batch(g + 1, 0, 10, 10), 0);
@@ -334,7 +334,7 @@ impl Model {
 
     fn record(&mut self, p: &Params, now: u64, b: &OutcomeBatch, rand16: u32) {
         self.expire(now);
-        if b.generation != self.generation || !matches!(self.state, State::Closed | State::ForcedClosed) {
+        if (b.generation != self.generation && b.generation != 0) || !matches!(self.state, State::Closed | State::ForcedClosed) {
             return;
         }
         let (early, late) = if b.successes > 0 {
@@ -502,7 +502,11 @@ proptest! {
         for (op, rand16) in ops {
             match op {
                 Op::Record { stale, successes, failures, slow, trailing } => {
-                    let generation = machine.generation - u64::from(stale);
+                    let generation = match (stale, successes % 3) {
+                        (true, _) => machine.generation - 1,
+                        (false, 0) => 0, // a process that has not synced yet
+                        _ => machine.generation,
+                    };
                     let b = OutcomeBatch { generation, successes, failures, slow, trailing_failures: trailing };
                     machine.record(&p, now, &b, rand16);
                     model.record(&p, now, &b, rand16);

@@ -31,7 +31,9 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutcomeBatch {
     /// The generation the calls were admitted under; a store drops a batch whose
-    /// generation is not the breaker's current one.
+    /// generation is not the breaker's current one, except 0: a process that
+    /// has not heard from the store yet, whose outcomes count toward the current
+    /// generation.
     pub generation: u64,
     /// Calls classified as successes.
     pub successes: u32,

@@ -1,0 +1,14 @@
+//! Shared pieces of the integration tests.
+#![allow(dead_code)]
+
+pub mod dependency;
+
+use std::time::Duration;
+
+/// Lets background tasks run and (with a paused clock) moves time forward.
+pub async fn settle(d: Duration) {
+    tokio::time::sleep(d).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
