@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -45,8 +45,10 @@ pub struct DistributedCircuitBreaker<S, C> {
 enum Readiness {
     /// Nothing reserved: `call` decides from the breaker's state.
     Idle,
-    /// Asking the store for a probe permit.
-    Acquiring(Acquiring),
+    /// Asking the store for a probe permit. The mutex is never locked (only
+    /// `get_mut` is used); it makes the service `Sync`, which axum requires,
+    /// around a future that is only `Send`.
+    Acquiring(Mutex<Acquiring>),
     /// Decided: admit (perhaps as a probe) or reject.
     Decided(Result<Admission, CircuitOpen>),
     /// Backpressure mode: waiting for the break to end.
@@ -102,10 +104,11 @@ where
                     Peek::Reject(open) => self.readiness = Readiness::Decided(Err(open)),
                     Peek::NeedsPermit => {
                         let acquire = self.shared.replica.clone().acquire();
-                        self.readiness = Readiness::Acquiring(Box::pin(acquire));
+                        self.readiness = Readiness::Acquiring(Mutex::new(Box::pin(acquire)));
                     }
                 },
                 Readiness::Acquiring(acquire) => {
+                    let acquire = acquire.get_mut().unwrap_or_else(PoisonError::into_inner);
                     let decision = ready!(acquire.as_mut().poll(cx));
                     self.readiness = Readiness::Decided(decision);
                 }

@@ -319,3 +319,10 @@ async fn forced_open_expires_back_to_closed() {
     assert_eq!(call(&mut svc).await.unwrap(), "ok");
     assert_eq!(breaker.snapshot().state, State::Closed);
 }
+
+#[test]
+fn services_are_send_sync_clone_for_axum_and_hyper() {
+    fn assert_bounds<T: Send + Sync + Clone + 'static>() {}
+    assert_bounds::<distributed_circuit_breaker::DistributedCircuitBreaker<Dependency, HttpClassifier>>();
+    assert_bounds::<DistributedCircuitBreakerLayer>();
+}

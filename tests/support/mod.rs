@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod dependency;
+pub mod http;
 
 use std::time::Duration;
 
