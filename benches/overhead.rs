@@ -1,1 +1,152 @@
-fn main(){}
+//! Per-call cost of a closed breaker, against a plain service and the other
+//! Rust circuit breakers, measured in one run. Run with
+//! `cargo bench --bench overhead`; `scripts/bench-table` turns the results
+//! into the README's table of ratios.
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::hint::black_box;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, Force, MemoryStore, Policy};
+use failsafe::futures::CircuitBreaker as _;
+use tower::{Layer, Service, ServiceExt};
+
+/// The cheapest possible inner service: answers at once, allocates nothing.
+#[derive(Clone, Copy)]
+struct Plain;
+
+impl Service<u64> for Plain {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        ready(Ok(request))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("closed_call");
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+
+    let plain = Plain;
+    group.bench_function("plain", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut svc = plain.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
+                }
+                start.elapsed()
+            }
+        })
+    });
+
+    let layer = rt.block_on(async {
+        DistributedCircuitBreakerLayer::new("bench", Policy::default(), MemoryStore::new()).unwrap()
+    });
+    let ours = layer.layer(Plain);
+    group.bench_function("distributed-circuit-breaker", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut svc = ours.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
+                }
+                start.elapsed()
+            }
+        })
+    });
+
+    let recloser = recloser::AsyncRecloser::from(recloser::Recloser::default());
+    group.bench_function("recloser", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let r = &recloser;
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(r.call(ready(Ok::<u64, ()>(black_box(i)))).await.unwrap());
+                }
+                start.elapsed()
+            }
+        })
+    });
+
+    let failsafe = failsafe::Config::new().build();
+    group.bench_function("failsafe", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let f = &failsafe;
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(f.call(ready(Ok::<u64, ()>(black_box(i)))).await.unwrap());
+                }
+                start.elapsed()
+            }
+        })
+    });
+
+    let resilience = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    let theirs = rt.block_on(async { resilience.layer(Plain) });
+    group.bench_function("tower-resilience-circuitbreaker", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut svc = theirs.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
+                }
+                start.elapsed()
+            }
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("open_call");
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
+    let open = rt.block_on(async {
+        let layer =
+            DistributedCircuitBreakerLayer::new("open", Policy::default(), MemoryStore::new()).unwrap();
+        layer.breaker().force(Force::Open(None)).await.unwrap();
+        layer
+    });
+    let rejected = open.layer(Plain);
+    group.bench_function("distributed-circuit-breaker (rejected)", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut svc = rejected.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.is_err());
+                }
+                start.elapsed()
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

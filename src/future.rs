@@ -31,8 +31,9 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            #[pin]
-            timeout: Option<Sleep>,
+            // Boxed so that calls without a timeout do not carry (and move)
+            // the timer's hundred bytes: only a call timeout costs an allocation.
+            timeout: Option<Pin<Box<Sleep>>>,
             call: Option<Call<C>>,
         },
     }
@@ -42,7 +43,8 @@ pin_project! {
 struct Call<C> {
     shared: Arc<Shared<C>>,
     admission: Admission,
-    started: Instant,
+    /// Read only when someone needs the call's duration.
+    started: Option<Instant>,
 }
 
 impl<F, C> ResponseFuture<F, C> {
@@ -56,7 +58,8 @@ impl<F, C> ResponseFuture<F, C> {
         future: F,
         shared: Arc<Shared<C>>,
         admission: Admission,
-        timeout: Option<Sleep>,
+        timeout: Option<Pin<Box<Sleep>>>,
+        timed: bool,
     ) -> Self {
         Self {
             kind: Kind::Called {
@@ -65,7 +68,7 @@ impl<F, C> ResponseFuture<F, C> {
                 call: Some(Call {
                     shared,
                     admission,
-                    started: Instant::now(),
+                    started: timed.then(Instant::now),
                 }),
             },
         }
@@ -98,16 +101,16 @@ where
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
                     if let Some(call) = call.take() {
-                        let elapsed = call.started.elapsed();
+                        let elapsed = call.elapsed();
                         let outcome = call.shared.classifier.classify(result.as_ref(), elapsed);
                         call.finish(outcome, elapsed);
                     }
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                if let Some(timeout) = timeout.as_pin_mut() {
-                    if timeout.poll(cx).is_ready() {
+                if let Some(timeout) = timeout {
+                    if timeout.as_mut().poll(cx).is_ready() {
                         let error = call.take().map(|call| {
-                            let elapsed = call.started.elapsed();
+                            let elapsed = call.elapsed();
                             let replica = &call.shared.replica;
                             let limit = call.shared.call_timeout.unwrap_or(elapsed);
                             let error = CallTimeout::new(replica.name.clone(), limit);
@@ -128,6 +131,10 @@ where
 }
 
 impl<C> Call<C> {
+    fn elapsed(&self) -> std::time::Duration {
+        self.started.map_or(std::time::Duration::ZERO, |at| at.elapsed())
+    }
+
     fn finish(self, outcome: Outcome, elapsed: std::time::Duration) {
         let replica = &self.shared.replica;
         let slow = replica

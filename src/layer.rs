@@ -104,6 +104,11 @@ impl<C> DistributedCircuitBreakerLayer<C> {
 
     /// Fails a call that takes longer than `timeout` with
     /// [`CallTimeout`](crate::CallTimeout) and counts it as a failure.
+    ///
+    /// The timer costs one small allocation per call; without a call timeout
+    /// the closed path allocates nothing. (`tower::timeout` composed inside the
+    /// breaker keeps its timer inline instead, and its `Elapsed` error counts
+    /// as a failure with the stock classifiers.)
     pub fn call_timeout(self, timeout: Duration) -> Self
     where
         C: Clone,

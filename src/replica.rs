@@ -76,6 +76,7 @@ impl Replica {
     }
 
     /// The hot path's admission check.
+    #[inline]
     pub(crate) fn peek(self: &Arc<Self>) -> Peek {
         if !self.driver_started.load(Ordering::Relaxed) {
             crate::driver::start(self);

@@ -99,8 +99,10 @@ where
         loop {
             match &mut self.readiness {
                 Readiness::Idle => match self.shared.replica.peek() {
-                    // Decided again, at no cost, in `call`.
-                    Peek::Pass { .. } => return self.inner.poll_ready(cx).map_err(Into::into),
+                    Peek::Pass { generation, count } => {
+                        let pass = Admission::Pass { generation, count };
+                        self.readiness = Readiness::Decided(Ok(pass));
+                    }
                     Peek::Reject(open) => self.readiness = Readiness::Decided(Err(open)),
                     Peek::NeedsPermit => {
                         let acquire = self.shared.replica.clone().acquire();
@@ -133,7 +135,8 @@ where
         let admission = match std::mem::replace(&mut self.readiness, Readiness::Idle) {
             Readiness::Decided(Ok(admission)) => admission,
             Readiness::Decided(Err(open)) => return ResponseFuture::rejected(open),
-            // Closed when polled ready: check again, the state may have moved.
+            // `call` without `poll_ready` breaks the `Service` contract; decide
+            // from the current state rather than panic.
             _ => match self.shared.replica.peek() {
                 Peek::Pass { generation, count } => Admission::Pass { generation, count },
                 Peek::Reject(open) => return ResponseFuture::rejected(open),
@@ -146,12 +149,18 @@ where
                 }
             },
         };
-        let timeout = self.shared.call_timeout.map(tokio::time::sleep);
+        let timeout = self
+            .shared
+            .call_timeout
+            .map(|limit| Box::pin(tokio::time::sleep(limit)));
+        let timed = self.shared.replica.policy.slow_call_duration().is_some()
+            || self.shared.classifier.uses_elapsed();
         ResponseFuture::called(
             self.inner.call(request),
             self.shared.clone(),
             admission,
             timeout,
+            timed,
         )
     }
 }

@@ -21,4 +21,8 @@ impl<Res, Err> Classifier<Res, Err> for ErrorsAsFailures {
             Err(_) => Outcome::Failure,
         }
     }
+
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
 }

@@ -92,4 +92,8 @@ impl<B, E> Classifier<Response<B>, E> for HttpClassifier {
             Err(_) => self.errors,
         }
     }
+
+    fn uses_elapsed(&self) -> bool {
+        false
+    }
 }
