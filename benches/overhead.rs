@@ -48,7 +48,7 @@ fn overhead(c: &mut Criterion) {
     let plain = Plain;
     group.bench_function("plain", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let mut svc = plain.clone();
+            let mut svc = plain;
             async move {
                 let start = Instant::now();
                 for i in 0..iters {
@@ -128,7 +128,8 @@ fn overhead(c: &mut Criterion) {
     group.warm_up_time(Duration::from_millis(500));
     let open = rt.block_on(async {
         let layer =
-            DistributedCircuitBreakerLayer::new("open", Policy::default(), MemoryStore::new()).unwrap();
+            DistributedCircuitBreakerLayer::new("open", Policy::default(), MemoryStore::new())
+                .unwrap();
         layer.breaker().force(Force::Open(None)).await.unwrap();
         layer
     });

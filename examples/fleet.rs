@@ -103,7 +103,9 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "\nfailures before open: failed calls that reached the dependency before every instance had stopped calling it"
     );
-    println!("probes while down: calls that reached the sick dependency after that (half-open probes)");
+    println!(
+        "probes while down: calls that reached the sick dependency after that (half-open probes)"
+    );
     Ok(())
 }
 
@@ -157,14 +159,19 @@ async fn run(
                     Err(BreakerError::Open(_)) => tally.rejected.fetch_add(1, Ordering::SeqCst),
                     Err(_) => 0,
                 };
-                if !seen_open && dep.down.load(Ordering::SeqCst) && breaker.snapshot().state != State::Closed {
+                if !seen_open
+                    && dep.down.load(Ordering::SeqCst)
+                    && breaker.snapshot().state != State::Closed
+                {
                     seen_open = true;
                     if tally.instances_open.fetch_add(1, Ordering::SeqCst) + 1 == instances {
                         tally
                             .failed_before_all_open
                             .store(dep.failed.load(Ordering::SeqCst), Ordering::SeqCst);
                         let after = Instant::now().saturating_duration_since(outage_starts);
-                        tally.all_open_after_ms.store(after.as_millis() as u64, Ordering::SeqCst);
+                        tally
+                            .all_open_after_ms
+                            .store(after.as_millis() as u64, Ordering::SeqCst);
                     }
                 }
             }

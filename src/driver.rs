@@ -37,7 +37,11 @@ enum Wake {
 
 async fn run(weak: Weak<Replica>) {
     let (wake, mut events, sync) = match weak.upgrade() {
-        Some(r) => (r.wake.clone(), r.store.subscribe(), r.policy.sync_interval()),
+        Some(r) => (
+            r.wake.clone(),
+            r.store.subscribe(),
+            r.policy.sync_interval(),
+        ),
         None => return,
     };
     let mut tick = tokio::time::interval(sync);
@@ -122,4 +126,3 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
         _ => false,
     }
 }
-

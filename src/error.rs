@@ -232,10 +232,20 @@ mod tests {
     #[test]
     fn boxed_errors_sort_back_into_variants() {
         let boxed: BoxError = Box::new(open(5));
-        assert!(matches!(BreakerError::from(boxed), BreakerError::Open(o) if o.retry_after() == Duration::from_millis(5)));
-        let boxed: BoxError = Box::new(CallTimeout::new(BreakerName::new("x").unwrap(), Duration::from_secs(1)));
-        assert!(matches!(BreakerError::from(boxed), BreakerError::Timeout(_)));
+        assert!(
+            matches!(BreakerError::from(boxed), BreakerError::Open(o) if o.retry_after() == Duration::from_millis(5))
+        );
+        let boxed: BoxError = Box::new(CallTimeout::new(
+            BreakerName::new("x").unwrap(),
+            Duration::from_secs(1),
+        ));
+        assert!(matches!(
+            BreakerError::from(boxed),
+            BreakerError::Timeout(_)
+        ));
         let boxed: BoxError = "boom".into();
-        assert!(matches!(BreakerError::from(boxed), BreakerError::Inner(e) if e.to_string() == "boom"));
+        assert!(
+            matches!(BreakerError::from(boxed), BreakerError::Inner(e) if e.to_string() == "boom")
+        );
     }
 }

@@ -132,7 +132,8 @@ where
 
 impl<C> Call<C> {
     fn elapsed(&self) -> std::time::Duration {
-        self.started.map_or(std::time::Duration::ZERO, |at| at.elapsed())
+        self.started
+            .map_or(std::time::Duration::ZERO, |at| at.elapsed())
     }
 
     fn finish(self, outcome: Outcome, elapsed: std::time::Duration) {
@@ -151,6 +152,8 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
             Kind::Rejected { .. } => "rejected",
             Kind::Called { .. } => "called",
         };
-        f.debug_struct("ResponseFuture").field("kind", &kind).finish()
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
     }
 }

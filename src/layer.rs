@@ -8,7 +8,9 @@ use tower_layer::Layer;
 
 use crate::replica::Replica;
 use crate::store::Store;
-use crate::{Breaker, BreakerName, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures, Policy};
+use crate::{
+    Breaker, BreakerName, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures, Policy,
+};
 
 /// How a service answers while its breaker is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -48,11 +48,11 @@
     clippy::todo,
     clippy::dbg_macro,
     clippy::await_holding_lock,
-    clippy::unwrap_used,
     rust_2018_idioms,
     missing_docs,
     missing_debug_implementations
 )]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![deny(unreachable_pub)]
 #![forbid(unsafe_code)]
 

@@ -72,12 +72,7 @@ impl Machine {
         let remaining = match self.state {
             State::Open => self.open_until.saturating_sub(now),
             State::HalfOpen if self.live_leases(now) >= p.permits => {
-                let first_free = self
-                    .leases
-                    .iter()
-                    .map(|l| l.deadline)
-                    .min()
-                    .unwrap_or(now);
+                let first_free = self.leases.iter().map(|l| l.deadline).min().unwrap_or(now);
                 first_free.saturating_sub(now).min(p.sync_ms)
             }
             State::ForcedOpen if self.forced_until == 0 => p.break_ms,

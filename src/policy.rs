@@ -377,11 +377,18 @@ impl PolicyBuilder {
             "slow_call_duration",
             "is required when slow_call_rate is set",
         )?;
-        check(self.minimum_calls >= 1, "minimum_calls", "must be at least 1")?;
+        check(
+            self.minimum_calls >= 1,
+            "minimum_calls",
+            "must be at least 1",
+        )?;
         check(
             (1..=MAX_WINDOW_BUCKETS).contains(&self.window_buckets),
             "window_buckets",
-            format!("must be within 1..={MAX_WINDOW_BUCKETS}, got {}", self.window_buckets),
+            format!(
+                "must be within 1..={MAX_WINDOW_BUCKETS}, got {}",
+                self.window_buckets
+            ),
         )?;
         positive_ms("window", self.window)?;
         check(
@@ -453,7 +460,9 @@ impl PolicyBuilder {
             bucket_ms: millis(self.window) / u64::from(self.window_buckets),
             buckets: self.window_buckets,
             break_ms: millis(self.break_duration),
-            backoff_permille: self.backoff.map_or(1000, |(m, _)| (m * 1000.0).round() as u32),
+            backoff_permille: self
+                .backoff
+                .map_or(1000, |(m, _)| (m * 1000.0).round() as u32),
             break_max_ms: millis(max_break),
             jitter_ppm: to_ppm(self.jitter),
             permits: self.half_open_permits,
@@ -551,7 +560,10 @@ mod tests {
             (b().jitter(1.0), "jitter"),
             (b().jitter(-0.1), "jitter"),
             (b().half_open_permits(0), "half_open_permits"),
-            (b().half_open_permits(MAX_HALF_OPEN_PERMITS + 1), "half_open_permits"),
+            (
+                b().half_open_permits(MAX_HALF_OPEN_PERMITS + 1),
+                "half_open_permits",
+            ),
             (b().successes_to_close(0), "successes_to_close"),
             (b().probe_lease(ms(0)), "probe_lease"),
             (b().sync_interval(ms(0)), "sync_interval"),

@@ -144,7 +144,10 @@ where
                 // `poll_ready` asks for a permit.
                 Peek::NeedsPermit => {
                     let current = self.shared.replica.current();
-                    let open = self.shared.replica.open_error(current.state, Duration::ZERO);
+                    let open = self
+                        .shared
+                        .replica
+                        .open_error(current.state, Duration::ZERO);
                     return ResponseFuture::rejected(open);
                 }
             },

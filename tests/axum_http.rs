@@ -7,10 +7,12 @@ mod support;
 
 use std::time::Duration;
 
-use axum::{body::Body, error_handling::HandleErrorLayer, extract::State as AxumState, routing::get, Router};
+use axum::{
+    body::Body, error_handling::HandleErrorLayer, extract::State as AxumState, routing::get, Router,
+};
 use distributed_circuit_breaker::{
-    BoxError, BreakerError, DistributedCircuitBreaker, DistributedCircuitBreakerLayer, HttpClassifier,
-    MemoryStore, Policy, State,
+    BoxError, BreakerError, DistributedCircuitBreaker, DistributedCircuitBreakerLayer,
+    HttpClassifier, MemoryStore, Policy, State,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -89,12 +91,22 @@ async fn gateway_answers_503_with_retry_after_once_the_downstream_breaker_opens(
     for _ in 0..20 {
         let response = get_status(&client, &url).await;
         assert_eq!(response.status(), 503);
-        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=30).contains(&retry_after), "retry-after {retry_after}");
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert!(std::str::from_utf8(&body).unwrap().contains("\"breaker\":\"downstream\""));
+        assert!(std::str::from_utf8(&body)
+            .unwrap()
+            .contains("\"breaker\":\"downstream\""));
     }
-    assert_eq!(downstream.hits(), hits, "an open breaker sends nothing downstream");
+    assert_eq!(
+        downstream.hits(),
+        hits,
+        "an open breaker sends nothing downstream"
+    );
 }
 
 #[tokio::test]
@@ -117,7 +129,9 @@ async fn route_middleware_with_handle_error_layer() {
         }
     });
     let route = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(distributed_circuit_breaker::axum::handle_error))
+        .layer(HandleErrorLayer::new(
+            distributed_circuit_breaker::axum::handle_error,
+        ))
         .layer(layer)
         .service(handler);
     let app = Router::new().route_service("/report", route);

@@ -41,12 +41,16 @@ async fn trips_after_threshold_and_rejects_without_calling_inner() {
     let dep = Dependency::new();
     let layer = layer(3, &MemoryStore::new());
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
 
     assert_eq!(call(&mut svc).await.unwrap(), "ok");
     dep.set_down(true);
     for _ in 0..3 {
-        assert!(matches!(call(&mut svc).await, Err(BreakerError::Inner(e)) if e.is::<DependencyDown>()));
+        assert!(
+            matches!(call(&mut svc).await, Err(BreakerError::Inner(e)) if e.is::<DependencyDown>())
+        );
     }
     settle(Duration::from_millis(50)).await; // the driver flushes at once on failure
     assert_eq!(breaker.snapshot().state, State::Open);
@@ -69,7 +73,9 @@ async fn one_probe_after_the_break_and_success_closes() {
     let dep = Dependency::new();
     let layer = layer(1, &MemoryStore::new());
     let breaker = layer.breaker();
-    let svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
     dep.set_down(true);
     let _ = call(&mut svc.clone()).await;
     settle(Duration::from_millis(50)).await;
@@ -96,7 +102,11 @@ async fn one_probe_after_the_break_and_success_closes() {
         }
     }
     assert_eq!((passed, rejected), (1, 19));
-    assert_eq!(dep.calls() - before, 1, "exactly one probe reached the dependency");
+    assert_eq!(
+        dep.calls() - before,
+        1,
+        "exactly one probe reached the dependency"
+    );
     settle(Duration::from_millis(10)).await;
     assert_eq!(breaker.snapshot().state, State::Closed);
     assert_eq!(call(&mut svc.clone()).await.unwrap(), "ok");
@@ -107,13 +117,18 @@ async fn failed_probe_reopens() {
     let dep = Dependency::new();
     let layer = layer(1, &MemoryStore::new());
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
     dep.set_down(true);
     let _ = call(&mut svc).await;
     settle(Duration::from_millis(50)).await;
     let opened = breaker.snapshot().generation;
     tokio::time::advance(BREAK).await;
-    assert!(matches!(call(&mut svc).await, Err(BreakerError::Inner(_))), "the probe reaches the dependency");
+    assert!(
+        matches!(call(&mut svc).await, Err(BreakerError::Inner(_))),
+        "the probe reaches the dependency"
+    );
     settle(Duration::from_millis(10)).await;
     let snapshot = breaker.snapshot();
     assert_eq!(snapshot.state, State::Open);
@@ -125,7 +140,9 @@ async fn dropped_probe_returns_its_permit() {
     let dep = Dependency::new();
     let layer = layer(1, &MemoryStore::new());
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
     dep.set_down(true);
     let _ = call(&mut svc).await;
     settle(Duration::from_millis(50)).await;
@@ -136,7 +153,9 @@ async fn dropped_probe_returns_its_permit() {
     ServiceExt::<()>::ready(&mut svc).await.unwrap();
     let probe = svc.call(());
     // Cancel the probe: its future is dropped before it completes.
-    assert!(tokio::time::timeout(Duration::from_millis(100), probe).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(100), probe)
+        .await
+        .is_err());
     settle(Duration::from_millis(10)).await;
     assert_eq!(breaker.snapshot().state, State::HalfOpen);
 
@@ -153,7 +172,9 @@ async fn a_service_dropped_after_poll_ready_returns_its_permit() {
     let dep = Dependency::new();
     let layer = layer(1, &MemoryStore::new());
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
     dep.set_down(true);
     let _ = call(&mut svc).await;
     settle(Duration::from_millis(50)).await;
@@ -162,7 +183,10 @@ async fn a_service_dropped_after_poll_ready_returns_its_permit() {
 
     let mut holder = svc.clone();
     ServiceExt::<()>::ready(&mut holder).await.unwrap(); // holds the permit
-    assert!(matches!(call(&mut svc.clone()).await, Err(BreakerError::Open(_))));
+    assert!(matches!(
+        call(&mut svc.clone()).await,
+        Err(BreakerError::Open(_))
+    ));
     drop(holder);
     settle(Duration::from_millis(300)).await; // past the sync interval the denial waits for
     assert_eq!(call(&mut svc).await.unwrap(), "ok");
@@ -176,7 +200,9 @@ async fn call_timeout_fails_the_call_and_counts_as_failure() {
     dep.set_delay(Duration::from_secs(10));
     let layer = layer(2, &MemoryStore::new()).call_timeout(Duration::from_secs(1));
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
     for _ in 0..2 {
         match call(&mut svc).await {
             Err(BreakerError::Timeout(t)) => assert_eq!(t.timeout(), Duration::from_secs(1)),
@@ -200,7 +226,9 @@ async fn slow_calls_trip_the_slow_call_rate() {
         .unwrap();
     let layer = DistributedCircuitBreakerLayer::new("slow", policy, MemoryStore::new()).unwrap();
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
     for _ in 0..4 {
         assert_eq!(call(&mut svc).await.unwrap(), "ok");
     }
@@ -213,10 +241,17 @@ async fn http_classifier_counts_5xx_not_4xx_and_closures_classify() {
     let dep = Dependency::new();
     let layer = layer(2, &MemoryStore::new()).classifier(HttpClassifier::default());
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.http());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.http());
     dep.set_down(true); // answers 503
     for _ in 0..2 {
-        let response = ServiceExt::<()>::ready(&mut svc).await.unwrap().call(()).await.unwrap();
+        let response = ServiceExt::<()>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(())
+            .await
+            .unwrap();
         assert_eq!(response.status(), 503);
     }
     settle(Duration::from_millis(50)).await;
@@ -225,9 +260,17 @@ async fn http_classifier_counts_5xx_not_4xx_and_closures_classify() {
     // A closure that ignores every error: the breaker never trips.
     let ignoring = DistributedCircuitBreakerLayer::new("ignoring", policy(1), MemoryStore::new())
         .unwrap()
-        .classifier(|r: Result<&&str, &DependencyDown>, _| if r.is_ok() { Outcome::Success } else { Outcome::Ignore });
+        .classifier(|r: Result<&&str, &DependencyDown>, _| {
+            if r.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Ignore
+            }
+        });
     let breaker = ignoring.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(ignoring).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(ignoring)
+        .service(dep.clone());
     for _ in 0..10 {
         assert!(call(&mut svc).await.is_err());
     }
@@ -243,22 +286,36 @@ async fn clones_share_a_breaker_and_separate_layers_share_the_store() {
     let a = layer(4, &store);
     let b = layer(4, &store); // another "process" with the same breaker name
     let a2 = a.clone();
-    let mut sa = tower::ServiceBuilder::new().layer(a.clone()).service(dep.clone());
+    let mut sa = tower::ServiceBuilder::new()
+        .layer(a.clone())
+        .service(dep.clone());
     let mut sa2 = tower::ServiceBuilder::new().layer(a2).service(dep.clone());
-    let mut sb = tower::ServiceBuilder::new().layer(b.clone()).service(dep.clone());
+    let mut sb = tower::ServiceBuilder::new()
+        .layer(b.clone())
+        .service(dep.clone());
     let _ = call(&mut sa).await;
     let _ = call(&mut sa2).await;
     let _ = call(&mut sb).await;
     let _ = call(&mut sb).await;
     settle(Duration::from_millis(50)).await;
-    assert_eq!(a.breaker().snapshot().state, State::Open, "4 failures across 3 services");
-    assert_eq!(b.breaker().snapshot().state, State::Open, "the transition reached the other replica");
+    assert_eq!(
+        a.breaker().snapshot().state,
+        State::Open,
+        "4 failures across 3 services"
+    );
+    assert_eq!(
+        b.breaker().snapshot().state,
+        State::Open,
+        "the transition reached the other replica"
+    );
     assert!(matches!(call(&mut sb).await, Err(BreakerError::Open(_))));
     assert_eq!(dep.calls(), 4);
 
     // Another name on the same store is untouched.
     let other = DistributedCircuitBreakerLayer::new("other", policy(4), store.clone()).unwrap();
-    let mut so = tower::ServiceBuilder::new().layer(other).service(Dependency::new());
+    let mut so = tower::ServiceBuilder::new()
+        .layer(other)
+        .service(Dependency::new());
     assert_eq!(call(&mut so).await.unwrap(), "ok");
 }
 
@@ -266,7 +323,9 @@ async fn clones_share_a_breaker_and_separate_layers_share_the_store() {
 async fn backpressure_mode_waits_in_poll_ready_until_the_break_ends() {
     let dep = Dependency::new();
     let layer = layer(1, &MemoryStore::new()).rejection(Rejection::Backpressure);
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
     dep.set_down(true);
     let _ = call(&mut svc).await;
     settle(Duration::from_millis(50)).await;
@@ -275,7 +334,10 @@ async fn backpressure_mode_waits_in_poll_ready_until_the_break_ends() {
     // Ready only once the break is over; the call is then the probe.
     assert_eq!(call(&mut svc).await.unwrap(), "ok");
     let waited = start.elapsed();
-    assert!(waited >= BREAK - Duration::from_millis(100), "waited {waited:?}");
+    assert!(
+        waited >= BREAK - Duration::from_millis(100),
+        "waited {waited:?}"
+    );
     assert_eq!(dep.calls(), 2);
 }
 
@@ -285,13 +347,20 @@ async fn operators_force_states_fleet_wide() {
     let dep = Dependency::new();
     let a = layer(1, &store);
     let b = layer(1, &store);
-    let mut sb = tower::ServiceBuilder::new().layer(b.clone()).service(dep.clone());
+    let mut sb = tower::ServiceBuilder::new()
+        .layer(b.clone())
+        .service(dep.clone());
     assert_eq!(call(&mut sb).await.unwrap(), "ok");
 
-    a.breaker().force(Force::Open(Some(Duration::from_secs(30)))).await.unwrap();
+    a.breaker()
+        .force(Force::Open(Some(Duration::from_secs(30))))
+        .await
+        .unwrap();
     settle(Duration::from_millis(10)).await;
     assert_eq!(b.breaker().snapshot().state, State::ForcedOpen);
-    assert!(matches!(call(&mut sb).await, Err(BreakerError::Open(o)) if o.state() == State::ForcedOpen));
+    assert!(
+        matches!(call(&mut sb).await, Err(BreakerError::Open(o)) if o.state() == State::ForcedOpen)
+    );
 
     a.breaker().force(Force::Disabled(None)).await.unwrap();
     settle(Duration::from_millis(10)).await;
@@ -300,7 +369,11 @@ async fn operators_force_states_fleet_wide() {
         assert!(matches!(call(&mut sb).await, Err(BreakerError::Inner(_))));
     }
     settle(Duration::from_millis(50)).await;
-    assert_eq!(b.breaker().snapshot().state, State::Disabled, "disabled never trips");
+    assert_eq!(
+        b.breaker().snapshot().state,
+        State::Disabled,
+        "disabled never trips"
+    );
 
     a.breaker().force(Force::Reset).await.unwrap();
     settle(Duration::from_millis(10)).await;
@@ -312,8 +385,13 @@ async fn forced_open_expires_back_to_closed() {
     let dep = Dependency::new();
     let layer = layer(1, &MemoryStore::new());
     let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new().layer(layer).service(dep.clone());
-    breaker.force(Force::Open(Some(Duration::from_secs(3)))).await.unwrap();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
+    breaker
+        .force(Force::Open(Some(Duration::from_secs(3))))
+        .await
+        .unwrap();
     assert!(matches!(call(&mut svc).await, Err(BreakerError::Open(_))));
     tokio::time::advance(Duration::from_secs(3)).await;
     assert_eq!(call(&mut svc).await.unwrap(), "ok");
@@ -323,6 +401,8 @@ async fn forced_open_expires_back_to_closed() {
 #[test]
 fn services_are_send_sync_clone_for_axum_and_hyper() {
     fn assert_bounds<T: Send + Sync + Clone + 'static>() {}
-    assert_bounds::<distributed_circuit_breaker::DistributedCircuitBreaker<Dependency, HttpClassifier>>();
+    assert_bounds::<
+        distributed_circuit_breaker::DistributedCircuitBreaker<Dependency, HttpClassifier>,
+    >();
     assert_bounds::<DistributedCircuitBreakerLayer>();
 }

@@ -232,7 +232,10 @@ fn indefinite_forced_open_reports_the_base_break() {
     let p = consecutive(1);
     let mut m = Machine::new(0);
     m.force(0, Force::Open(None));
-    assert_eq!(m.snapshot(&p, 10_000).remaining, Duration::from_millis(1000));
+    assert_eq!(
+        m.snapshot(&p, 10_000).remaining,
+        Duration::from_millis(1000)
+    );
 }
 
 #[test]
@@ -299,7 +302,10 @@ impl Model {
     }
 
     fn expire(&mut self, now: u64) {
-        let forced = matches!(self.state, State::ForcedOpen | State::ForcedClosed | State::Disabled);
+        let forced = matches!(
+            self.state,
+            State::ForcedOpen | State::ForcedClosed | State::Disabled
+        );
         if forced && self.forced_until != 0 && now >= self.forced_until {
             self.enter(State::Closed);
         }
@@ -312,7 +318,12 @@ impl Model {
     }
 
     fn trips(&self, p: &Params, now: u64) -> bool {
-        let run = self.sequence.iter().rev().take_while(|failed| **failed).count() as u64;
+        let run = self
+            .sequence
+            .iter()
+            .rev()
+            .take_while(|failed| **failed)
+            .count() as u64;
         if p.consecutive > 0 && run >= u64::from(p.consecutive) {
             return true;
         }
@@ -334,7 +345,9 @@ impl Model {
 
     fn record(&mut self, p: &Params, now: u64, b: &OutcomeBatch, rand16: u32) {
         self.expire(now);
-        if (b.generation != self.generation && b.generation != 0) || !matches!(self.state, State::Closed | State::ForcedClosed) {
+        if (b.generation != self.generation && b.generation != 0)
+            || !matches!(self.state, State::Closed | State::ForcedClosed)
+        {
             return;
         }
         let (early, late) = if b.successes > 0 {
@@ -342,13 +355,15 @@ impl Model {
         } else {
             (b.failures, 0)
         };
-        self.sequence.extend(std::iter::repeat(true).take(early as usize));
-        self.sequence.extend(std::iter::repeat(false).take(b.successes as usize));
-        self.sequence.extend(std::iter::repeat(true).take(late as usize));
+        self.sequence
+            .extend(std::iter::repeat_n(true, early as usize));
+        self.sequence
+            .extend(std::iter::repeat_n(false, b.successes as usize));
+        self.sequence
+            .extend(std::iter::repeat_n(true, late as usize));
         let mut slow_left = b.slow;
-        for failed in std::iter::repeat(true)
-            .take(b.failures as usize)
-            .chain(std::iter::repeat(false).take(b.successes as usize))
+        for failed in std::iter::repeat_n(true, b.failures as usize)
+            .chain(std::iter::repeat_n(false, b.successes as usize))
         {
             let slow = slow_left > 0;
             slow_left = slow_left.saturating_sub(1);
@@ -434,10 +449,23 @@ impl Model {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Record { stale: bool, successes: u32, failures: u32, slow: u32, trailing: u32 },
+    Record {
+        stale: bool,
+        successes: u32,
+        failures: u32,
+        slow: u32,
+        trailing: u32,
+    },
     Acquire,
-    Release { pick: usize, result: u8, stale: bool },
-    Force { kind: u8, ms: Option<u64> },
+    Release {
+        pick: usize,
+        result: u8,
+        stale: bool,
+    },
+    Force {
+        kind: u8,
+        ms: Option<u64>,
+    },
     Advance(u64),
 }
 
@@ -468,23 +496,38 @@ fn policy() -> impl Strategy<Value = Params> {
         prop_oneof![Just(0u32), Just(300_000)],
         (1u32..4, 1u32..4, 20u64..300, 10u64..100),
     )
-        .prop_map(|(consecutive, failure_ppm, slow_ppm, minimum_calls, (bucket_ms, buckets), (break_ms, backoff, cap), jitter_ppm, (permits, successes, lease_ms, sync_ms))| Params {
-            consecutive: if consecutive == 0 && failure_ppm == 0 && slow_ppm == 0 { 3 } else { consecutive },
-            failure_ppm,
-            slow_ppm,
-            minimum_calls,
-            bucket_ms,
-            buckets,
-            break_ms,
-            backoff_permille: backoff,
-            break_max_ms: break_ms * cap,
-            jitter_ppm,
-            permits,
-            successes,
-            lease_ms,
-            ttl_ms: 3_600_000,
-            sync_ms,
-        })
+        .prop_map(
+            |(
+                consecutive,
+                failure_ppm,
+                slow_ppm,
+                minimum_calls,
+                (bucket_ms, buckets),
+                (break_ms, backoff, cap),
+                jitter_ppm,
+                (permits, successes, lease_ms, sync_ms),
+            )| Params {
+                consecutive: if consecutive == 0 && failure_ppm == 0 && slow_ppm == 0 {
+                    3
+                } else {
+                    consecutive
+                },
+                failure_ppm,
+                slow_ppm,
+                minimum_calls,
+                bucket_ms,
+                buckets,
+                break_ms,
+                backoff_permille: backoff,
+                break_max_ms: break_ms * cap,
+                jitter_ppm,
+                permits,
+                successes,
+                lease_ms,
+                ttl_ms: 3_600_000,
+                sync_ms,
+            },
+        )
 }
 
 proptest! {

@@ -107,13 +107,10 @@ impl MemoryStore {
         if breakers.operations % SWEEP_EVERY == 0 {
             breakers.map.retain(|_, entry| entry.expires_at > now);
         }
-        let entry = breakers
-            .map
-            .entry(name.clone())
-            .or_insert_with(|| Entry {
-                machine: Machine::new(now),
-                expires_at: 0,
-            });
+        let entry = breakers.map.entry(name.clone()).or_insert_with(|| Entry {
+            machine: Machine::new(now),
+            expires_at: 0,
+        });
         if entry.expires_at != 0 && entry.expires_at <= now {
             entry.machine = Machine::new(now);
         }
@@ -206,7 +203,10 @@ impl Store for MemoryStore {
                     permits: u32::MAX,
                     ..Params::default()
                 };
-                (name.as_str().to_owned(), entry.machine.snapshot(&params, now))
+                (
+                    name.as_str().to_owned(),
+                    entry.machine.snapshot(&params, now),
+                )
             })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));

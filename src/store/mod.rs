@@ -153,8 +153,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Asks for a half-open probe permit (moving an open breaker whose break is
     /// over to half-open).
-    fn acquire<'a>(&'a self, name: &'a BreakerName, policy: &'a Policy)
-        -> StoreFuture<'a, Acquired>;
+    fn acquire<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+    ) -> StoreFuture<'a, Acquired>;
 
     /// Returns a probe permit with the probe's result.
     fn release<'a>(
@@ -175,8 +178,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> StoreFuture<'a, Snapshot>;
 
     /// Reads a breaker's current state.
-    fn snapshot<'a>(&'a self, name: &'a BreakerName, policy: &'a Policy)
-        -> StoreFuture<'a, Snapshot>;
+    fn snapshot<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+    ) -> StoreFuture<'a, Snapshot>;
 
     /// Lists every breaker the store holds.
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>>;

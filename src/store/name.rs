@@ -94,7 +94,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_names_with_the_field() {
-        for bad in ["", "tab\there", "new\nline", "{tag}", "x}", &"a".repeat(MAX_NAME_LEN + 1)] {
+        for bad in [
+            "",
+            "tab\there",
+            "new\nline",
+            "{tag}",
+            "x}",
+            &"a".repeat(MAX_NAME_LEN + 1),
+        ] {
             let err = BreakerName::new(bad).unwrap_err();
             assert_eq!(err.field(), "name", "{bad:?}");
         }

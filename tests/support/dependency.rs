@@ -46,7 +46,9 @@ impl Dependency {
     }
 
     pub fn set_delay(&self, delay: Duration) {
-        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Calls that reached the dependency.
@@ -111,7 +113,10 @@ impl<R> Service<R> for HttpDependency {
         let fut = Service::<R>::call(&mut self.0, r);
         Box::pin(async move {
             let status = if fut.await.is_ok() { 200 } else { 503 };
-            Ok(http::Response::builder().status(status).body("").unwrap_or_default())
+            Ok(http::Response::builder()
+                .status(status)
+                .body("")
+                .unwrap_or_default())
         })
     }
 }

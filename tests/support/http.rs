@@ -33,14 +33,18 @@ impl FlakyServer {
                 (StatusCode::OK, "up")
             }
         }
-        let app = Router::new().route("/", get(handler)).with_state(self.clone());
+        let app = Router::new()
+            .route("/", get(handler))
+            .with_state(self.clone());
         serve(app).await
     }
 }
 
 /// Serves `app` on a free loopback port until the runtime ends.
 pub async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
