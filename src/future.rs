@@ -27,7 +27,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, C> {
-        Rejected { open: Option<CircuitOpen> },
+        Rejected { open: Option<Box<CircuitOpen>> },
         Called {
             #[pin]
             future: F,
@@ -48,7 +48,7 @@ struct Call<C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn rejected(open: CircuitOpen) -> Self {
+    pub(crate) fn rejected(open: Box<CircuitOpen>) -> Self {
         Self {
             kind: Kind::Rejected { open: Some(open) },
         }
@@ -89,7 +89,7 @@ where
                 // Taken once; a future polled again after completing gets a
                 // generic open error rather than a panic.
                 let error: BoxError = match open.take() {
-                    Some(open) => Box::new(open),
+                    Some(open) => open,
                     None => "circuit breaker future polled after completion".into(),
                 };
                 Poll::Ready(Err(error))

@@ -86,3 +86,8 @@ pub use policy::{Policy, PolicyBuilder, MAX_DURATION, MAX_HALF_OPEN_PERMITS, MAX
 pub use service::DistributedCircuitBreaker;
 pub use state::{Snapshot, State, Transition};
 pub use store::{BreakerName, Force, MemoryStore, Store};
+
+/// Compiles the README's examples as doc tests.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -12,8 +12,9 @@ use crate::Outcome;
 pub(crate) enum Admission {
     /// The breaker is closed (or forced closed, or disabled).
     Pass { generation: u64, count: bool },
-    /// The call is a half-open probe.
-    Probe(ProbePermit),
+    /// The call is a half-open probe (boxed: rare, and it keeps every
+    /// future that carries an `Admission` small).
+    Probe(Box<ProbePermit>),
 }
 
 impl Admission {
@@ -25,7 +26,7 @@ impl Admission {
                 count: true,
             } => replica.record(generation, outcome, slow),
             Admission::Pass { count: false, .. } => {}
-            Admission::Probe(permit) => permit.finish(outcome, slow),
+            Admission::Probe(permit) => (*permit).finish(outcome, slow),
         }
     }
 }

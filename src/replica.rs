@@ -26,8 +26,8 @@ const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 pub(crate) enum Peek {
     /// Call, counting the outcome under `generation` unless the breaker is disabled.
     Pass { generation: u64, count: bool },
-    /// Reject now.
-    Reject(CircuitOpen),
+    /// Reject now (the error is built only by whoever needs it).
+    Reject { state: State, retry_after: Duration },
     /// The break is over (or a permit may be free): ask the store for a probe permit.
     NeedsPermit,
 }
@@ -97,7 +97,10 @@ impl Replica {
                 if left.is_zero() {
                     Peek::NeedsPermit
                 } else {
-                    Peek::Reject(self.open_error(state, left))
+                    Peek::Reject {
+                        state,
+                        retry_after: left,
+                    }
                 }
             }
         }
@@ -245,11 +248,11 @@ impl Replica {
                 self.apply(acquired.snapshot);
                 let snapshot = acquired.snapshot;
                 match acquired.lease {
-                    Some(lease) => Ok(Admission::Probe(ProbePermit::new(
+                    Some(lease) => Ok(Admission::Probe(Box::new(ProbePermit::new(
                         self.clone(),
                         snapshot.generation,
                         lease,
-                    ))),
+                    )))),
                     None if snapshot.state.admits_freely() => Ok(Admission::Pass {
                         generation: snapshot.generation,
                         count: snapshot.state != State::Disabled,

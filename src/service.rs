@@ -43,14 +43,16 @@ pub struct DistributedCircuitBreaker<S, C> {
 /// What `poll_ready` decided for the next `call`. A clone starts from `Idle`:
 /// a permit belongs to the service that acquired it.
 enum Readiness {
-    /// Nothing reserved: `call` decides from the breaker's state.
+    /// Nothing decided: `call` decides from the breaker's state.
     Idle,
     /// Asking the store for a probe permit. The mutex is never locked (only
     /// `get_mut` is used); it makes the service `Sync`, which axum requires,
     /// around a future that is only `Send`.
     Acquiring(Mutex<Acquiring>),
-    /// Decided: admit (perhaps as a probe) or reject.
-    Decided(Result<Admission, CircuitOpen>),
+    /// The next call is admitted (perhaps as a probe).
+    Admitted(Admission),
+    /// The next call is rejected.
+    Rejected(Box<CircuitOpen>),
     /// Backpressure mode: waiting for the break to end.
     Waiting(Pin<Box<Sleep>>),
 }
@@ -98,24 +100,30 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             match &mut self.readiness {
-                Readiness::Idle => match self.shared.replica.peek() {
-                    Peek::Pass { generation, count } => {
-                        let pass = Admission::Pass { generation, count };
-                        self.readiness = Readiness::Decided(Ok(pass));
+                Readiness::Idle => {
+                    self.readiness = match self.shared.replica.peek() {
+                        Peek::Pass { generation, count } => {
+                            Readiness::Admitted(Admission::Pass { generation, count })
+                        }
+                        Peek::Reject { state, retry_after } => {
+                            let open = self.shared.replica.open_error(state, retry_after);
+                            Readiness::Rejected(Box::new(open))
+                        }
+                        Peek::NeedsPermit => {
+                            let acquire = self.shared.replica.clone().acquire();
+                            Readiness::Acquiring(Mutex::new(Box::pin(acquire)))
+                        }
                     }
-                    Peek::Reject(open) => self.readiness = Readiness::Decided(Err(open)),
-                    Peek::NeedsPermit => {
-                        let acquire = self.shared.replica.clone().acquire();
-                        self.readiness = Readiness::Acquiring(Mutex::new(Box::pin(acquire)));
-                    }
-                },
+                }
                 Readiness::Acquiring(acquire) => {
                     let acquire = acquire.get_mut().unwrap_or_else(PoisonError::into_inner);
-                    let decision = ready!(acquire.as_mut().poll(cx));
-                    self.readiness = Readiness::Decided(decision);
+                    self.readiness = match ready!(acquire.as_mut().poll(cx)) {
+                        Ok(admission) => Readiness::Admitted(admission),
+                        Err(open) => Readiness::Rejected(Box::new(open)),
+                    };
                 }
-                Readiness::Decided(Ok(_)) => return self.inner.poll_ready(cx).map_err(Into::into),
-                Readiness::Decided(Err(open)) => match self.shared.rejection {
+                Readiness::Admitted(_) => return self.inner.poll_ready(cx).map_err(Into::into),
+                Readiness::Rejected(open) => match self.shared.rejection {
                     Rejection::Fail => return Poll::Ready(Ok(())),
                     Rejection::Backpressure => {
                         let wait = open.retry_after().max(BACKPRESSURE_RETRY);
@@ -133,22 +141,24 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let admission = match std::mem::replace(&mut self.readiness, Readiness::Idle) {
-            Readiness::Decided(Ok(admission)) => admission,
-            Readiness::Decided(Err(open)) => return ResponseFuture::rejected(open),
+            Readiness::Admitted(admission) => admission,
+            Readiness::Rejected(open) => return ResponseFuture::rejected(open),
             // `call` without `poll_ready` breaks the `Service` contract; decide
             // from the current state rather than panic.
             _ => match self.shared.replica.peek() {
                 Peek::Pass { generation, count } => Admission::Pass { generation, count },
-                Peek::Reject(open) => return ResponseFuture::rejected(open),
-                // The break ended between `poll_ready` and `call`; the next
-                // `poll_ready` asks for a permit.
+                Peek::Reject { state, retry_after } => {
+                    let open = self.shared.replica.open_error(state, retry_after);
+                    return ResponseFuture::rejected(Box::new(open));
+                }
+                // The next `poll_ready` asks for a permit.
                 Peek::NeedsPermit => {
                     let current = self.shared.replica.current();
                     let open = self
                         .shared
                         .replica
                         .open_error(current.state, Duration::ZERO);
-                    return ResponseFuture::rejected(open);
+                    return ResponseFuture::rejected(Box::new(open));
                 }
             },
         };
@@ -183,8 +193,8 @@ impl<S: fmt::Debug, C> fmt::Debug for DistributedCircuitBreaker<S, C> {
         let readiness = match &self.readiness {
             Readiness::Idle => "idle",
             Readiness::Acquiring(_) => "acquiring a probe permit",
-            Readiness::Decided(Ok(_)) => "admitted",
-            Readiness::Decided(Err(_)) => "rejected",
+            Readiness::Admitted(_) => "admitted",
+            Readiness::Rejected(_) => "rejected",
             Readiness::Waiting(_) => "waiting for the break to end",
         };
         f.debug_struct("DistributedCircuitBreaker")
