@@ -11,6 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::replica::Replica;
+use crate::StoreEvent;
 
 /// An early flush waits at least `sync_interval / FAST_FLUSH_DIVISOR` after the
 /// previous one, so a burst of failures costs one store call, not one each.
@@ -32,7 +33,7 @@ pub(crate) fn start(replica: &Arc<Replica>) {
 enum Wake {
     Tick,
     Flush,
-    Event(Result<crate::Transition, RecvError>),
+    Event(Result<StoreEvent, RecvError>),
 }
 
 async fn run(weak: Weak<Replica>) {
@@ -67,12 +68,13 @@ async fn run(weak: Weak<Replica>) {
                 }
                 sync_once(&replica, false).await
             }
-            Wake::Event(Ok(transition)) => {
+            Wake::Event(Ok(StoreEvent::Transition(transition))) => {
                 if transition.name == replica.name.as_str() {
                     replica.apply(transition.snapshot);
                 }
                 continue;
             }
+            Wake::Event(Ok(StoreEvent::Resync)) => sync_once(&replica, true).await,
             Wake::Event(Err(RecvError::Lagged(_))) => sync_once(&replica, true).await,
             Wake::Event(Err(RecvError::Closed)) => {
                 events_open = false;

@@ -84,8 +84,10 @@ pub use future::ResponseFuture;
 pub use layer::{DistributedCircuitBreakerLayer, Rejection};
 pub use policy::{Policy, PolicyBuilder, MAX_DURATION, MAX_HALF_OPEN_PERMITS, MAX_WINDOW_BUCKETS};
 pub use service::DistributedCircuitBreaker;
-pub use state::{Snapshot, State, Transition};
+pub use state::{Snapshot, State, StoreEvent, Transition};
 pub use store::{BreakerName, Force, MemoryStore, Store};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
 
 /// Compiles the README's examples as doc tests.
 #[cfg(all(doctest, feature = "axum"))]

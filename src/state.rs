@@ -109,3 +109,13 @@ pub struct Transition {
     /// Its state after the transition.
     pub snapshot: Snapshot,
 }
+
+/// What a store announces to the processes that subscribed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A breaker changed state.
+    Transition(Transition),
+    /// Announcements may have been missed (the store's subscription was
+    /// re-established): every process should re-read its breakers.
+    Resync,
+}

@@ -448,7 +448,7 @@ impl Model {
 }
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(crate) enum Op {
     Record {
         stale: bool,
         successes: u32,
@@ -469,7 +469,7 @@ enum Op {
     Advance(u64),
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (any::<bool>(), 0u32..5, 0u32..6, 0u32..4, 0u32..6).prop_map(|(stale, successes, failures, slow, trailing)| Op::Record {
             stale: stale && successes % 4 == 0,
@@ -485,7 +485,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn policy() -> impl Strategy<Value = Params> {
+pub(crate) fn policy() -> impl Strategy<Value = Params> {
     (
         0u32..4,
         prop_oneof![Just(0u32), Just(500_000), Just(200_000)],

@@ -10,7 +10,7 @@ use super::{Acquired, BreakerName, Force, OutcomeBatch, ProbeResult, Store, Stor
 use crate::machine::Machine;
 use crate::policy::Params;
 use crate::rand::rand16;
-use crate::{Policy, Snapshot, Transition};
+use crate::{Policy, Snapshot, StoreEvent, Transition};
 
 /// How many transitions a slow subscriber may fall behind before it skips
 /// ahead (it then resynchronises on its next refresh).
@@ -43,7 +43,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Inner {
     breakers: Mutex<Breakers>,
-    events: broadcast::Sender<Transition>,
+    events: broadcast::Sender<StoreEvent>,
     epoch: Instant,
 }
 
@@ -120,10 +120,10 @@ impl MemoryStore {
         let snapshot = entry.machine.snapshot(params, now);
         if snapshot.generation != before {
             // No receiver is fine: nobody subscribed yet.
-            let _ = self.inner.events.send(Transition {
+            let _ = self.inner.events.send(StoreEvent::Transition(Transition {
                 name: name.as_str().to_owned(),
                 snapshot,
-            });
+            }));
         }
         (out, snapshot)
     }
@@ -213,7 +213,7 @@ impl Store for MemoryStore {
         ready(all)
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Transition> {
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.events.subscribe()
     }
 }

@@ -9,7 +9,12 @@
 
 mod memory;
 mod name;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder, SCHEMA_VERSION as REDIS_SCHEMA_VERSION};
 pub use memory::MemoryStore;
 pub use name::{BreakerName, MAX_NAME_LEN};
 
@@ -20,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::{Policy, Snapshot, Transition};
+use crate::{Policy, Snapshot, StoreEvent};
 
 /// The boxed future a [`Store`] method returns. Stores are called off the hot
 /// path only, so one allocation per call to the store is of no concern.
@@ -101,8 +106,10 @@ pub enum StoreErrorKind {
     Unavailable,
     /// The store answered with data it should not hold (wrong type, bad values).
     Corrupt,
-    /// The store refused the command (authentication, permissions, configuration).
+    /// The store refused the command (authentication, permissions).
     Refused,
+    /// The store's own configuration is invalid (URL, key prefix).
+    Config,
 }
 
 impl StoreError {
@@ -126,6 +133,7 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Unavailable => "store unavailable",
             StoreErrorKind::Corrupt => "store holds invalid data",
             StoreErrorKind::Refused => "store refused the command",
+            StoreErrorKind::Config => "invalid store configuration",
         };
         write!(f, "{kind}: {}", self.message)
     }
@@ -138,7 +146,8 @@ impl std::error::Error for StoreError {}
 /// Every method runs one atomic step of the breaker state machine on the
 /// store's own clock and answers with the breaker's [`Snapshot`] after it.
 /// Implementations must publish every change of generation to the receivers of
-/// [`subscribe`](Store::subscribe).
+/// [`subscribe`](Store::subscribe), and [`StoreEvent::Resync`] when some may
+/// have been lost.
 ///
 /// The `policy` travels with each call because the store keeps no configuration:
 /// processes that share a breaker name should share its policy.
@@ -187,8 +196,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Lists every breaker the store holds.
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>>;
 
-    /// Receives every transition of every breaker in the store from now on.
-    fn subscribe(&self) -> broadcast::Receiver<Transition>;
+    /// Receives every transition of every breaker in the store from now on,
+    /// and a [`StoreEvent::Resync`] whenever some may have been missed.
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 }
 
 /// A shared store handle is a store.
@@ -242,7 +252,7 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
         (**self).list()
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Transition> {
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         (**self).subscribe()
     }
 }

@@ -1,0 +1,117 @@
+//! The one subscriber connection per store: turns announcements on the
+//! store's channel into [`StoreEvent`]s, and re-subscribes (announcing a
+//! resync) after any disconnect.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use crate::{Snapshot, State, StoreEvent, Transition};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until the task is aborted (when the store is dropped).
+pub(super) async fn subscribe_forever(
+    clients: Vec<redis::Client>,
+    channel: String,
+    events: broadcast::Sender<StoreEvent>,
+    connect_timeout: Duration,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut attempt = 0usize;
+    let mut healthy = true;
+    loop {
+        let client = &clients[attempt % clients.len()];
+        attempt += 1;
+        let connected = tokio::time::timeout(connect_timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        match connected {
+            Ok(Ok(mut pubsub)) => {
+                if !healthy {
+                    tracing::info!(channel = %channel, "breaker announcements subscribed again");
+                }
+                backoff = MIN_BACKOFF;
+                // Whatever was announced while unsubscribed is lost: re-read.
+                let _ = events.send(StoreEvent::Resync);
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    match parse(&payload) {
+                        Some(transition) => {
+                            let _ = events.send(StoreEvent::Transition(transition));
+                        }
+                        None => {
+                            tracing::warn!(%payload, "ignoring a malformed breaker announcement")
+                        }
+                    }
+                }
+                tracing::warn!(channel = %channel, "lost the breaker announcements subscription; resubscribing");
+            }
+            Ok(Err(error)) => {
+                if healthy {
+                    tracing::warn!(%error, "cannot subscribe to breaker announcements; retrying");
+                }
+            }
+            Err(_) => {
+                if healthy {
+                    tracing::warn!("subscribing to breaker announcements timed out; retrying");
+                }
+            }
+        }
+        healthy = false;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// `v1 <state> <generation> <remaining ms> <name>`.
+pub(super) fn parse(payload: &str) -> Option<Transition> {
+    let mut parts = payload.splitn(5, ' ');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let state = State::from_code(parts.next()?.parse().ok()?)?;
+    let generation = parts.next()?.parse().ok()?;
+    let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
+    let name = parts.next()?.to_owned();
+    Some(Transition {
+        name,
+        snapshot: Snapshot {
+            state,
+            generation,
+            remaining,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_announcements_and_rejects_garbage() {
+        let t = parse("v1 1 1700000000123 5000 GET /pay ments").unwrap();
+        assert_eq!(t.name, "GET /pay ments");
+        assert_eq!(t.snapshot.state, State::Open);
+        assert_eq!(t.snapshot.generation, 1_700_000_000_123);
+        assert_eq!(t.snapshot.remaining, Duration::from_secs(5));
+        for bad in [
+            "",
+            "v2 1 1 1 x",
+            "v1 9 1 1 x",
+            "v1 1 x 1 x",
+            "v1 1 1 -1 x",
+            "v1 1 1 1",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+    }
+}

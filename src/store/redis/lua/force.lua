@@ -1,0 +1,10 @@
+-- ARGV[OP..]: command (0 open, 1 closed, 2 disabled, 3 reset), duration in ms (0: until reset).
+local command, duration = tonumber(ARGV[OP]), tonumber(ARGV[OP + 1])
+if command == 3 then
+  m.op = 0
+  transition(m, CLOSED)
+else
+  transition(m, ({ FORCED_OPEN, FORCED_CLOSED, DISABLED })[command + 1])
+  if duration > 0 then m.fu = now + duration end
+end
+return finish(m, before, reset)

@@ -1,0 +1,236 @@
+-- The breaker state machine, a line-for-line port of src/machine.rs.
+-- Prepended to every script. KEYS[1] is the breaker's hash; ARGV holds the
+-- policy (see `Params` in src/policy.rs), the channel, the name, a random
+-- number for jitter and a clock override (0: use Redis TIME), then the
+-- operation's own arguments from ARGV[OP] on.
+local key = KEYS[1]
+local P = {
+  consecutive = tonumber(ARGV[1]),
+  failure_ppm = tonumber(ARGV[2]),
+  slow_ppm = tonumber(ARGV[3]),
+  minimum_calls = tonumber(ARGV[4]),
+  bucket_ms = tonumber(ARGV[5]),
+  buckets = tonumber(ARGV[6]),
+  break_ms = tonumber(ARGV[7]),
+  backoff_permille = tonumber(ARGV[8]),
+  break_max_ms = tonumber(ARGV[9]),
+  jitter_ppm = tonumber(ARGV[10]),
+  permits = tonumber(ARGV[11]),
+  successes = tonumber(ARGV[12]),
+  lease_ms = tonumber(ARGV[13]),
+  ttl_ms = tonumber(ARGV[14]),
+  sync_ms = tonumber(ARGV[15]),
+}
+local channel = ARGV[16]
+local name = ARGV[17]
+local rand16 = tonumber(ARGV[18])
+local now = tonumber(ARGV[19])
+local OP = 20
+
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local SCHEMA = 1
+local CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, FORCED_CLOSED, DISABLED = 0, 1, 2, 3, 4, 5
+
+-- Numbers go to Redis through string.format: tostring would write 1.7e+12.
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function fresh(generation)
+  return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, ps = 0, nl = 1, leases = {}, w = {} }
+end
+
+local function valid_int(n, min, max)
+  return n ~= nil and n == n and n >= min and n <= max and n == math.floor(n)
+end
+
+-- Loads the breaker; a missing one is created closed. Unreadable data is
+-- replaced by a fresh closed breaker (second result true) whose generation is
+-- still newer than the old one where that could be read.
+local function load()
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then
+    return fresh(now + 1), false
+  end
+  if kind ~= 'hash' then
+    error({ err = 'DCB_CORRUPT key ' .. key .. ' holds a ' .. kind .. ', not a breaker hash' })
+  end
+  local h = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #h, 2 do
+    f[h[i]] = h[i + 1]
+  end
+  local v = tonumber(f.v)
+  if v ~= nil and v > SCHEMA then
+    error({ err = 'DCB_SCHEMA key ' .. key .. ' has schema version ' .. tostring(f.v) .. '; this client knows ' .. SCHEMA })
+  end
+  local big = 9007199254740991
+  local m = {
+    st = tonumber(f.st), g = tonumber(f.g), ou = tonumber(f.ou), fu = tonumber(f.fu), op = tonumber(f.op),
+    cf = tonumber(f.cf), ps = tonumber(f.ps), nl = tonumber(f.nl), leases = {}, w = {},
+  }
+  local ok = v == SCHEMA and valid_int(m.st, 0, 5) and valid_int(m.g, 1, big) and valid_int(m.ou, 0, big)
+    and valid_int(m.fu, 0, big) and valid_int(m.op, 0, 4294967295) and valid_int(m.cf, 0, big)
+    and valid_int(m.ps, 0, 4294967295) and valid_int(m.nl, 1, big)
+  if ok then
+    for item in string.gmatch(f.ls or '', '[^,]+') do
+      local id, dl = string.match(item, '^(%d+):(%d+)$')
+      if id == nil then ok = false break end
+      table.insert(m.leases, { id = tonumber(id), dl = tonumber(dl) })
+    end
+  end
+  if ok then
+    for item in string.gmatch(f.w or '', '[^,]+') do
+      local idx, calls, fails, slow = string.match(item, '^(%d+):(%d+):(%d+):(%d+)$')
+      if idx == nil then ok = false break end
+      table.insert(m.w, { tonumber(idx), tonumber(calls), tonumber(fails), tonumber(slow) })
+    end
+  end
+  if not ok then
+    local g = tonumber(f.g)
+    local generation = now + 1
+    if valid_int(g, 1, big - 1) and g >= generation then
+      generation = g + 1
+    end
+    return fresh(generation), true
+  end
+  return m, false
+end
+
+local function save(m)
+  local leases = {}
+  for _, l in ipairs(m.leases) do
+    table.insert(leases, int(l.id) .. ':' .. int(l.dl))
+  end
+  local window = {}
+  for _, b in ipairs(m.w) do
+    table.insert(window, int(b[1]) .. ':' .. int(b[2]) .. ':' .. int(b[3]) .. ':' .. int(b[4]))
+  end
+  redis.call('HSET', key, 'v', int(SCHEMA), 'st', int(m.st), 'g', int(m.g), 'ou', int(m.ou), 'fu', int(m.fu),
+    'op', int(m.op), 'cf', int(m.cf), 'ps', int(m.ps), 'nl', int(m.nl),
+    'ls', table.concat(leases, ','), 'w', table.concat(window, ','))
+  redis.call('PEXPIRE', key, int(P.ttl_ms))
+end
+
+local function live_leases(m)
+  local n = 0
+  for _, l in ipairs(m.leases) do
+    if l.dl > now then n = n + 1 end
+  end
+  return n
+end
+
+local function remaining(m)
+  if m.st == OPEN then
+    return math.max(m.ou - now, 0)
+  elseif m.st == HALF_OPEN and live_leases(m) >= P.permits then
+    local first = nil
+    for _, l in ipairs(m.leases) do
+      if first == nil or l.dl < first then first = l.dl end
+    end
+    if first == nil then first = now end
+    return math.min(math.max(first - now, 0), P.sync_ms)
+  elseif m.st == FORCED_OPEN and m.fu == 0 then
+    return P.break_ms
+  elseif m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED then
+    return math.max(m.fu - now, 0)
+  end
+  return 0
+end
+
+local function transition(m, state)
+  m.st = state
+  m.g = m.g + 1
+  m.cf = 0
+  m.ps = 0
+  m.fu = 0
+  m.leases = {}
+  m.w = {}
+end
+
+local function break_ms(opens)
+  local d = P.break_ms
+  for _ = 2, math.min(opens, 64) do
+    if d >= P.break_max_ms then break end
+    d = math.floor(d * P.backoff_permille / 1000)
+  end
+  d = math.min(d, P.break_max_ms)
+  local span = math.floor(d * P.jitter_ppm / 1000000)
+  return math.max(d - math.floor(span * (rand16 % 65536) / 65536), 1)
+end
+
+local function open(m)
+  transition(m, OPEN)
+  m.op = math.min(m.op + 1, 4294967295)
+  m.ou = now + break_ms(m.op)
+end
+
+local function expire(m)
+  local forced = m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED
+  if forced and m.fu ~= 0 and now >= m.fu then
+    transition(m, CLOSED)
+  end
+end
+
+local function count(m, successes, failures, slow, trailing)
+  if successes > 0 then
+    m.cf = trailing
+  else
+    m.cf = m.cf + failures
+  end
+  if #m.w ~= P.buckets then
+    m.w = {}
+    for i = 1, P.buckets do m.w[i] = { 0, 0, 0, 0 } end
+  end
+  local index = math.floor(now / P.bucket_ms)
+  local slot = (index % P.buckets) + 1
+  local b = m.w[slot]
+  if b[1] ~= index then
+    b = { index, 0, 0, 0 }
+    m.w[slot] = b
+  end
+  b[2] = b[2] + successes + failures
+  b[3] = b[3] + failures
+  b[4] = b[4] + slow
+end
+
+local function should_trip(m)
+  if P.consecutive > 0 and m.cf >= P.consecutive then return true end
+  if P.failure_ppm == 0 and P.slow_ppm == 0 then return false end
+  local current = math.floor(now / P.bucket_ms)
+  local oldest = math.max(current + 1 - P.buckets, 0)
+  local calls, fails, slow = 0, 0, 0
+  for _, b in ipairs(m.w) do
+    if b[2] > 0 and b[1] >= oldest and b[1] <= current then
+      calls = calls + b[2]
+      fails = fails + b[3]
+      slow = slow + b[4]
+    end
+  end
+  if calls < P.minimum_calls then return false end
+  local function over(n, ppm)
+    return ppm > 0 and n * 1000000 >= ppm * calls
+  end
+  return over(fails, P.failure_ppm) or over(slow, P.slow_ppm)
+end
+
+-- Saves, announces a transition, and answers {state, generation, remaining, lease, reset}.
+local function finish(m, before, reset, lease)
+  save(m)
+  local rem = remaining(m)
+  if m.g ~= before then
+    redis.call('PUBLISH', channel, 'v1 ' .. int(m.st) .. ' ' .. int(m.g) .. ' ' .. int(rem) .. ' ' .. name)
+  end
+  local flag = 0
+  if reset then flag = 1 end
+  return { m.st, m.g, rem, lease or 0, flag }
+end
+
+local m, reset = load()
+local before = m.g
+if reset then before = -1 end
+expire(m)

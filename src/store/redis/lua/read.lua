@@ -1,0 +1,2 @@
+-- No arguments: applies expiries and answers the state.
+return finish(m, before, reset)

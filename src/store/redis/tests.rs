@@ -1,0 +1,98 @@
+//! The Lua scripts against the Rust state machine: random operation
+//! sequences, the same clock and the same random numbers, identical answers.
+
+#[path = "../../../tests/support/redis.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod server;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::machine::tests::{op, policy, Op};
+use crate::machine::Machine;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn schema_version_matches_the_scripts() {
+    let lua = include_str!("lua/machine.lua");
+    assert!(lua.contains(&format!("local SCHEMA = {SCHEMA_VERSION}\n")));
+}
+
+#[test]
+fn lua_scripts_match_the_rust_machine() {
+    let redis = server::RedisServer::start();
+    let rt = runtime();
+    let store = rt.block_on(RedisStore::connect(&redis.url())).unwrap();
+    let case = AtomicU64::new(0);
+    let config = ProptestConfig {
+        cases: 96,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(p in policy(), ops in proptest::collection::vec((op(), 0u32..65_536), 1..80))| {
+        let n = case.fetch_add(1, Ordering::SeqCst);
+        let name = BreakerName::new(format!("diff-{n}")).unwrap();
+        let s = &store;
+        let scripts = &store.inner.scripts;
+        let mut now = 1_700_000_000_000u64 + n * 10_000_000;
+        let mut machine = Machine::new(now);
+        let mut granted: Vec<(u64, u64)> = vec![];
+        // Create the breaker at `now` in both.
+        let first = rt.block_on(s.run_with(&scripts.read, &name, &p, &[], now, 0)).unwrap();
+        prop_assert_eq!(first.snapshot, machine.snapshot(&p, now));
+        for (op, rand16) in ops {
+            let reply = match op {
+                Op::Record { stale, successes, failures, slow, trailing } => {
+                    let generation = match (stale, successes % 3) {
+                        (true, _) => machine.generation - 1,
+                        (false, 0) => 0,
+                        _ => machine.generation,
+                    };
+                    let batch = OutcomeBatch { generation, successes, failures, slow, trailing_failures: trailing };
+                    machine.record(&p, now, &batch, rand16);
+                    let args = [generation, successes.into(), failures.into(), slow.into(), trailing.into()];
+                    rt.block_on(s.run_with(&scripts.record, &name, &p, &args, now, rand16)).unwrap()
+                }
+                Op::Acquire => {
+                    let want = machine.acquire(&p, now);
+                    let got = rt.block_on(s.run_with(&scripts.acquire, &name, &p, &[], now, rand16)).unwrap();
+                    prop_assert_eq!(got.lease, want.lease);
+                    if let Some(lease) = got.lease {
+                        granted.insert(0, (machine.generation, lease));
+                    }
+                    got
+                }
+                Op::Release { pick, result, stale } => {
+                    let Some(&(generation, lease)) = granted.get(pick) else { continue };
+                    let generation = generation - u64::from(stale);
+                    let r = [ProbeResult::Success, ProbeResult::Failure, ProbeResult::Cancelled][result as usize];
+                    machine.release(&p, now, generation, lease, r, rand16);
+                    let args = [generation, lease, u64::from(result)];
+                    rt.block_on(s.run_with(&scripts.release, &name, &p, &args, now, rand16)).unwrap()
+                }
+                Op::Force { kind, ms } => {
+                    let d = ms.map(Duration::from_millis);
+                    let f = [Force::Open(d), Force::Closed(d), Force::Disabled(d), Force::Reset][kind as usize];
+                    machine.force(now, f);
+                    let args = [u64::from(kind), ms.map_or(0, |ms| ms.max(1))];
+                    rt.block_on(s.run_with(&scripts.force, &name, &p, &args, now, rand16)).unwrap()
+                }
+                Op::Advance(ms) => {
+                    now += ms;
+                    machine.expire(now);
+                    rt.block_on(s.run_with(&scripts.read, &name, &p, &[], now, rand16)).unwrap()
+                }
+            };
+            prop_assert!(!reply.reset, "the scripts never see corrupt data here");
+            prop_assert_eq!(reply.snapshot, machine.snapshot(&p, now));
+        }
+    });
+}
