@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -45,6 +46,9 @@ struct Inner {
     breakers: Mutex<Breakers>,
     events: broadcast::Sender<StoreEvent>,
     epoch: Instant,
+    /// Wall-clock milliseconds at `epoch`: generations start from the clock
+    /// (as in Redis), so they never restart near zero.
+    epoch_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -74,14 +78,18 @@ impl MemoryStore {
                 breakers: Mutex::new(Breakers::default()),
                 events,
                 epoch: Instant::now(),
+                epoch_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
             }),
         }
     }
 
-    /// Milliseconds since the store was made: the store's clock (tokio's, so
-    /// tests with a paused clock drive it).
+    /// The store's clock in milliseconds: wall-clock time at creation, then
+    /// tokio's monotonic clock (so tests with a paused clock drive it).
     fn now(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let elapsed = u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner.epoch_ms.saturating_add(elapsed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Breakers> {

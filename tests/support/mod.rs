@@ -3,6 +3,7 @@
 
 pub mod dependency;
 pub mod http;
+pub mod redis;
 
 use std::time::Duration;
 

@@ -1,0 +1,153 @@
+//! One conformance suite, run against every store: MemoryStore, RedisStore on
+//! one node, and RedisStore on a three-master Redis Cluster.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use distributed_circuit_breaker::store::{OutcomeBatch, ProbeResult};
+use distributed_circuit_breaker::{
+    BreakerName, Force, MemoryStore, Policy, RedisStore, State, Store, StoreEvent,
+};
+use support::redis::{RedisCluster, RedisServer};
+
+const BREAK: Duration = Duration::from_millis(300);
+
+fn policy() -> Policy {
+    Policy::builder()
+        .consecutive_failures(3)
+        .break_duration(BREAK)
+        .probe_lease(Duration::from_millis(500))
+        .sync_interval(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+fn name(s: &str) -> BreakerName {
+    BreakerName::new(s).unwrap()
+}
+
+fn failures(generation: u64, n: u32) -> OutcomeBatch {
+    OutcomeBatch { generation, successes: 0, failures: n, slow: 0, trailing_failures: n }
+}
+
+async fn next_transition(
+    events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+    breaker: &str,
+) -> distributed_circuit_breaker::Transition {
+    let wait = async {
+        loop {
+            if let Ok(StoreEvent::Transition(t)) = events.recv().await {
+                if t.name == breaker {
+                    return t;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a transition announcement")
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    let p = policy();
+    let a = name("conformance-a");
+    let b = name("conformance-b");
+    let mut events = store.subscribe();
+
+    // A new breaker is closed.
+    let s0 = store.snapshot(&a, &p).await.unwrap();
+    assert_eq!(s0.state, State::Closed);
+    assert_eq!(store.snapshot(&a, &p).await.unwrap().generation, s0.generation, "reads do not move it");
+
+    // Batches accumulate; a stale generation is dropped.
+    let s = store.record(&a, &p, failures(s0.generation, 2)).await.unwrap();
+    assert_eq!(s.state, State::Closed);
+    let s = store.record(&a, &p, failures(s0.generation - 1, 5)).await.unwrap();
+    assert_eq!(s.state, State::Closed, "a stale batch must not trip");
+    let opened = store.record(&a, &p, failures(s0.generation, 1)).await.unwrap();
+    assert_eq!(opened.state, State::Open);
+    assert_eq!(opened.generation, s0.generation + 1);
+    assert!(opened.remaining > Duration::ZERO && opened.remaining <= BREAK);
+    let t = next_transition(&mut events, "conformance-a").await;
+    assert_eq!(t.snapshot.state, State::Open);
+    assert_eq!(t.snapshot.generation, opened.generation);
+
+    // Another name is untouched.
+    assert_eq!(store.snapshot(&b, &p).await.unwrap().state, State::Closed);
+
+    // No permit before the break ends; exactly one after.
+    let early = store.acquire(&a, &p).await.unwrap();
+    assert_eq!(early.lease, None);
+    assert_eq!(early.snapshot.state, State::Open);
+    tokio::time::sleep(early.snapshot.remaining + Duration::from_millis(20)).await;
+    let first = store.acquire(&a, &p).await.unwrap();
+    let lease = first.lease.expect("a permit after the break");
+    assert_eq!(first.snapshot.state, State::HalfOpen);
+    assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None, "one permit fleet-wide");
+
+    // A success closes.
+    let closed = store
+        .release(&a, &p, first.snapshot.generation, lease, ProbeResult::Success)
+        .await
+        .unwrap();
+    assert_eq!(closed.state, State::Closed);
+    assert_eq!(closed.generation, opened.generation + 2);
+
+    // Forced open with an expiry, then back to closed.
+    let forced = store.force(&a, &p, Force::Open(Some(Duration::from_millis(200)))).await.unwrap();
+    assert_eq!(forced.state, State::ForcedOpen);
+    assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(store.snapshot(&a, &p).await.unwrap().state, State::Closed);
+
+    // A probe that never reports back loses its permit after the lease.
+    let g = store.snapshot(&a, &p).await.unwrap().generation;
+    let s = store.record(&a, &p, failures(g, 3)).await.unwrap();
+    tokio::time::sleep(s.remaining + Duration::from_millis(20)).await;
+    assert!(store.acquire(&a, &p).await.unwrap().lease.is_some());
+    assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None);
+    tokio::time::sleep(p.probe_lease() + Duration::from_millis(20)).await;
+    assert!(store.acquire(&a, &p).await.unwrap().lease.is_some(), "the lease ran out");
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_store_conforms() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    conformance(Arc::new(store.clone())).await;
+    let listed = store.list().await.unwrap();
+    assert!(listed.iter().any(|(n, _)| n == "conformance-a"));
+    assert!(listed.iter().any(|(n, _)| n == "conformance-b"));
+}
+
+#[tokio::test]
+async fn redis_cluster_store_conforms() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::connect_cluster(&nodes).await.unwrap();
+    conformance(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn prefixes_never_see_each_other() {
+    let redis = RedisServer::start();
+    let one = RedisStore::builder().prefix("one").connect(&redis.url()).await.unwrap();
+    let two = RedisStore::builder().prefix("two").connect(&redis.url()).await.unwrap();
+    let p = policy();
+    let n = name("shared-name");
+    let g = one.snapshot(&n, &p).await.unwrap().generation;
+    assert_eq!(one.record(&n, &p, failures(g, 3)).await.unwrap().state, State::Open);
+    assert_eq!(two.snapshot(&n, &p).await.unwrap().state, State::Closed);
+    assert_eq!(one.key(&n), "one:{shared-name}");
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(keys.contains("one:{shared-name}") && keys.contains("two:{shared-name}"), "{keys}");
+    assert_eq!(redis.cli(&["HGET", "one:{shared-name}", "v"]), "1", "the schema version is stored");
+    let ttl: i64 = redis.cli(&["PTTL", "one:{shared-name}"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= p.key_ttl().as_millis() as i64, "idle breakers expire");
+}
