@@ -76,6 +76,32 @@ fn overhead(c: &mut Criterion) {
         })
     });
 
+    // The same layer on a RedisStore: the closed path never waits on Redis, so
+    // it should cost what the MemoryStore one does.
+    if let Some(redis) = LocalRedis::start() {
+        let layer = rt.block_on(async {
+            let store = distributed_circuit_breaker::RedisStore::connect(&redis.url())
+                .await
+                .unwrap();
+            DistributedCircuitBreakerLayer::new("bench", Policy::default(), store).unwrap()
+        });
+        let on_redis = layer.layer(Plain);
+        group.bench_function("distributed-circuit-breaker (RedisStore)", |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let mut svc = on_redis.clone();
+                async move {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
+                    }
+                    start.elapsed()
+                }
+            })
+        });
+    } else {
+        eprintln!("redis-server not found: skipping the RedisStore benchmark");
+    }
+
     let recloser = recloser::AsyncRecloser::from(recloser::Recloser::default());
     group.bench_function("recloser", |b| {
         b.to_async(&rt).iter_custom(|iters| {
@@ -147,6 +173,54 @@ fn overhead(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// A throwaway redis-server on a free loopback port, killed on drop.
+struct LocalRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl LocalRedis {
+    fn start() -> Option<LocalRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(LocalRedis { port, child });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 criterion_group!(benches, overhead);

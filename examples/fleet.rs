@@ -3,16 +3,21 @@
 //! in-process breakers give you), once with one breaker shared by the fleet.
 //!
 //! ```text
-//! cargo run --example fleet                     # in-memory store
-//! cargo run --example fleet -- --instances 20   # a bigger fleet
+//! cargo run --example fleet                                  # in-memory store
+//! cargo run --example fleet -- --instances 20                # a bigger fleet
+//! cargo run --example fleet -- --redis redis://127.0.0.1:6379  # also over Redis
 //! ```
+//!
+//! With `--redis` (or `REDIS_URL`), every instance gets its own `RedisStore`,
+//! i.e. its own connections, as separate processes would.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use distributed_circuit_breaker::{
-    BoxError, BreakerError, DistributedCircuitBreakerLayer, MemoryStore, Policy, State, Store,
+    BoxError, BreakerError, DistributedCircuitBreakerLayer, MemoryStore, Policy, RedisStore, State,
+    Store,
 };
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -40,6 +45,7 @@ struct Tally {
     all_open_after_ms: AtomicU64,
     rejected: AtomicUsize,
     succeeded: AtomicUsize,
+    failed: AtomicUsize,
 }
 
 struct Report {
@@ -49,6 +55,7 @@ struct Report {
     rejected: usize,
     all_open_after: Duration,
     recovered: bool,
+    calls: usize,
 }
 
 #[tokio::main]
@@ -73,31 +80,53 @@ async fn main() -> Result<(), BoxError> {
 
     let mut rows = Vec::new();
     let private = run(instances, &policy, |_| Arc::new(MemoryStore::new())).await?;
-    rows.push(("private breaker per instance", private));
+    rows.push(("private breaker per instance", private, None));
     let shared_store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let shared = run(instances, &policy, |_| shared_store.clone()).await?;
-    rows.push(("shared breaker (MemoryStore)", shared));
+    rows.push(("shared breaker (MemoryStore)", shared, None));
+    let mut steady = None;
+    let redis_url = arg_value("--redis").or_else(|| std::env::var("REDIS_URL").ok());
+    if let Some(url) = redis_url {
+        let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+        for _ in 0..instances {
+            stores.push(Arc::new(RedisStore::connect(&url).await?));
+        }
+        let client = redis::Client::open(url.as_str())?;
+        let mut admin = client.get_multiplexed_async_connection().await?;
+        let _: () = redis::cmd("DEL")
+            .arg("dcb:{inventory}")
+            .query_async(&mut admin)
+            .await?;
+        let before = evalsha_calls(&mut admin).await?;
+        let report = run(instances, &policy, |i| stores[i].clone()).await?;
+        let evalsha = evalsha_calls(&mut admin).await? - before;
+        let per_thousand = evalsha as f64 * 1000.0 / report.calls as f64;
+        rows.push(("shared breaker (RedisStore)", report, Some(per_thousand)));
+        steady = Some(steady_cost(&stores, &mut admin).await?);
+    }
 
     println!(
-        "{:<30} {:>22} {:>20} {:>14} {:>14} {:>15} {:>10}",
+        "{:<30} {:>21} {:>18} {:>13} {:>14} {:>15} {:>10} {:>20}",
         "breakers",
         "failures before open",
         "probes while down",
         "failed calls",
         "rejected fast",
         "all open after",
-        "recovered"
+        "recovered",
+        "Redis cmds/1k calls"
     );
-    for (name, r) in &rows {
+    for (name, r, per_thousand) in &rows {
         println!(
-            "{:<30} {:>22} {:>20} {:>14} {:>14} {:>13}ms {:>10}",
+            "{:<30} {:>21} {:>18} {:>13} {:>14} {:>13}ms {:>10} {:>20}",
             name,
             r.failed_before_all_open,
             r.probes,
             r.failed_total,
             r.rejected,
             r.all_open_after.as_millis(),
-            if r.recovered { "yes" } else { "no" }
+            if r.recovered { "yes" } else { "no" },
+            per_thousand.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}")),
         );
     }
     println!(
@@ -106,6 +135,13 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "probes while down: calls that reached the sick dependency after that (half-open probes)"
     );
+    if let Some((calls, evalsha)) = steady {
+        println!("Redis cmds/1k calls: EVALSHA per 1,000 calls over the whole run, outage included (INFO commandstats)");
+        println!(
+            "\nsteady healthy traffic, default policy (sync every 1s): {calls} calls, {evalsha} EVALSHA = {:.1} Redis commands per 1,000 calls",
+            evalsha as f64 * 1000.0 / calls as f64
+        );
+    }
     Ok(())
 }
 
@@ -157,7 +193,7 @@ async fn run(
                 match result.map_err(BreakerError::from) {
                     Ok(()) => tally.succeeded.fetch_add(1, Ordering::SeqCst),
                     Err(BreakerError::Open(_)) => tally.rejected.fetch_add(1, Ordering::SeqCst),
-                    Err(_) => 0,
+                    Err(_) => tally.failed.fetch_add(1, Ordering::SeqCst),
                 };
                 if !seen_open
                     && dep.down.load(Ordering::SeqCst)
@@ -186,6 +222,9 @@ async fn run(
     for task in tasks {
         task.await?;
     }
+    // Recovery is judged a moment after traffic stops, as every instance's
+    // background task has then heard of the close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let recovered = breakers.iter().all(|b| b.snapshot().state == State::Closed);
     let failed_before_all_open = tally.failed_before_all_open.load(Ordering::SeqCst);
     Ok(Report {
@@ -195,7 +234,23 @@ async fn run(
         rejected: tally.rejected.load(Ordering::SeqCst),
         all_open_after: Duration::from_millis(tally.all_open_after_ms.load(Ordering::SeqCst)),
         recovered,
+        calls: tally.succeeded.load(Ordering::SeqCst)
+            + tally.rejected.load(Ordering::SeqCst)
+            + tally.failed.load(Ordering::SeqCst),
     })
+}
+
+async fn evalsha_calls(admin: &mut redis::aio::MultiplexedConnection) -> Result<u64, BoxError> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
 }
 
 fn arg_value(flag: &str) -> Option<String> {
@@ -209,4 +264,39 @@ fn arg_value(flag: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Healthy traffic for two seconds on a breaker with the default policy:
+/// what the store costs when nothing is wrong.
+async fn steady_cost(
+    stores: &[Arc<dyn Store>],
+    admin: &mut redis::aio::MultiplexedConnection,
+) -> Result<(usize, u64), BoxError> {
+    let before = evalsha_calls(admin).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for store in stores {
+        let name = distributed_circuit_breaker::BreakerName::new("steady")?;
+        let layer =
+            DistributedCircuitBreakerLayer::with_store(name, Policy::default(), store.clone());
+        let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+        let calls = calls.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while Instant::now() < stop_at {
+                tick.tick().await;
+                if svc.clone().oneshot(()).await.is_ok() {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    Ok((
+        calls.load(Ordering::SeqCst),
+        evalsha_calls(admin).await? - before,
+    ))
 }

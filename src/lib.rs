@@ -90,6 +90,6 @@ pub use store::{BreakerName, Force, MemoryStore, Store};
 pub use store::{RedisStore, RedisStoreBuilder};
 
 /// Compiles the README's examples as doc tests.
-#[cfg(all(doctest, feature = "axum"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -32,7 +32,8 @@ fn policy() -> Policy {
 }
 
 struct Fleet {
-    services: Vec<DistributedCircuitBreaker<Dependency, distributed_circuit_breaker::ErrorsAsFailures>>,
+    services:
+        Vec<DistributedCircuitBreaker<Dependency, distributed_circuit_breaker::ErrorsAsFailures>>,
     breakers: Vec<Breaker>,
 }
 
@@ -60,7 +61,10 @@ async fn wait_all(breakers: &[Breaker], state: State) {
 }
 
 /// Every instance calls every 10 ms until `stop`; returns (succeeded, rejected, failed).
-async fn traffic(fleet: &Fleet, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, usize, usize)>> {
+async fn traffic(
+    fleet: &Fleet,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize, usize)>> {
     fleet
         .services
         .iter()
@@ -115,9 +119,17 @@ async fn the_fleet_trips_once_probes_once_and_closes_everywhere() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(fleet.breakers[0].snapshot().generation, open_gen + 2, "open -> half-open -> open");
+    assert_eq!(
+        fleet.breakers[0].snapshot().generation,
+        open_gen + 2,
+        "open -> half-open -> open"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(dependency.failures() - opened_at, 1, "one probe fleet-wide, not one per instance");
+    assert_eq!(
+        dependency.failures() - opened_at,
+        1,
+        "one probe fleet-wide, not one per instance"
+    );
 
     // The dependency recovers: the next probe succeeds and every instance closes.
     dependency.set_down(false);
@@ -151,7 +163,10 @@ async fn breakers_with_different_names_never_affect_each_other() {
         let (_, rejected, failed) = t.await.unwrap();
         assert_eq!((rejected, failed), (0, 0));
     }
-    assert!(b.breakers.iter().all(|b| b.snapshot().state == State::Closed));
+    assert!(b
+        .breakers
+        .iter()
+        .all(|b| b.snapshot().state == State::Closed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +177,8 @@ async fn healthy_traffic_costs_a_handful_of_commands_per_sync_interval() {
     let calls = Arc::new(AtomicUsize::new(0));
     let before = redis.command_calls("evalsha");
     let mut tasks = Vec::new();
-    for svc in fleet.services.iter().cloned() {
+    for svc in &fleet.services {
+        let svc = svc.clone();
         let calls = calls.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..500 {

@@ -29,7 +29,13 @@ fn name(s: &str) -> BreakerName {
 }
 
 fn failures(generation: u64, n: u32) -> OutcomeBatch {
-    OutcomeBatch { generation, successes: 0, failures: n, slow: 0, trailing_failures: n }
+    OutcomeBatch {
+        generation,
+        successes: 0,
+        failures: n,
+        slow: 0,
+        trailing_failures: n,
+    }
 }
 
 async fn next_transition(
@@ -45,7 +51,9 @@ async fn next_transition(
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a transition announcement")
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .expect("a transition announcement")
 }
 
 async fn conformance(store: Arc<dyn Store>) {
@@ -57,14 +65,27 @@ async fn conformance(store: Arc<dyn Store>) {
     // A new breaker is closed.
     let s0 = store.snapshot(&a, &p).await.unwrap();
     assert_eq!(s0.state, State::Closed);
-    assert_eq!(store.snapshot(&a, &p).await.unwrap().generation, s0.generation, "reads do not move it");
+    assert_eq!(
+        store.snapshot(&a, &p).await.unwrap().generation,
+        s0.generation,
+        "reads do not move it"
+    );
 
     // Batches accumulate; a stale generation is dropped.
-    let s = store.record(&a, &p, failures(s0.generation, 2)).await.unwrap();
+    let s = store
+        .record(&a, &p, failures(s0.generation, 2))
+        .await
+        .unwrap();
     assert_eq!(s.state, State::Closed);
-    let s = store.record(&a, &p, failures(s0.generation - 1, 5)).await.unwrap();
+    let s = store
+        .record(&a, &p, failures(s0.generation - 1, 5))
+        .await
+        .unwrap();
     assert_eq!(s.state, State::Closed, "a stale batch must not trip");
-    let opened = store.record(&a, &p, failures(s0.generation, 1)).await.unwrap();
+    let opened = store
+        .record(&a, &p, failures(s0.generation, 1))
+        .await
+        .unwrap();
     assert_eq!(opened.state, State::Open);
     assert_eq!(opened.generation, s0.generation + 1);
     assert!(opened.remaining > Duration::ZERO && opened.remaining <= BREAK);
@@ -83,18 +104,31 @@ async fn conformance(store: Arc<dyn Store>) {
     let first = store.acquire(&a, &p).await.unwrap();
     let lease = first.lease.expect("a permit after the break");
     assert_eq!(first.snapshot.state, State::HalfOpen);
-    assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None, "one permit fleet-wide");
+    assert_eq!(
+        store.acquire(&a, &p).await.unwrap().lease,
+        None,
+        "one permit fleet-wide"
+    );
 
     // A success closes.
     let closed = store
-        .release(&a, &p, first.snapshot.generation, lease, ProbeResult::Success)
+        .release(
+            &a,
+            &p,
+            first.snapshot.generation,
+            lease,
+            ProbeResult::Success,
+        )
         .await
         .unwrap();
     assert_eq!(closed.state, State::Closed);
     assert_eq!(closed.generation, opened.generation + 2);
 
     // Forced open with an expiry, then back to closed.
-    let forced = store.force(&a, &p, Force::Open(Some(Duration::from_millis(200)))).await.unwrap();
+    let forced = store
+        .force(&a, &p, Force::Open(Some(Duration::from_millis(200))))
+        .await
+        .unwrap();
     assert_eq!(forced.state, State::ForcedOpen);
     assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None);
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -107,7 +141,10 @@ async fn conformance(store: Arc<dyn Store>) {
     assert!(store.acquire(&a, &p).await.unwrap().lease.is_some());
     assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None);
     tokio::time::sleep(p.probe_lease() + Duration::from_millis(20)).await;
-    assert!(store.acquire(&a, &p).await.unwrap().lease.is_some(), "the lease ran out");
+    assert!(
+        store.acquire(&a, &p).await.unwrap().lease.is_some(),
+        "the lease ran out"
+    );
 }
 
 #[tokio::test]
@@ -137,17 +174,38 @@ async fn redis_cluster_store_conforms() {
 #[tokio::test]
 async fn prefixes_never_see_each_other() {
     let redis = RedisServer::start();
-    let one = RedisStore::builder().prefix("one").connect(&redis.url()).await.unwrap();
-    let two = RedisStore::builder().prefix("two").connect(&redis.url()).await.unwrap();
+    let one = RedisStore::builder()
+        .prefix("one")
+        .connect(&redis.url())
+        .await
+        .unwrap();
+    let two = RedisStore::builder()
+        .prefix("two")
+        .connect(&redis.url())
+        .await
+        .unwrap();
     let p = policy();
     let n = name("shared-name");
     let g = one.snapshot(&n, &p).await.unwrap().generation;
-    assert_eq!(one.record(&n, &p, failures(g, 3)).await.unwrap().state, State::Open);
+    assert_eq!(
+        one.record(&n, &p, failures(g, 3)).await.unwrap().state,
+        State::Open
+    );
     assert_eq!(two.snapshot(&n, &p).await.unwrap().state, State::Closed);
     assert_eq!(one.key(&n), "one:{shared-name}");
     let keys = redis.cli(&["KEYS", "*"]);
-    assert!(keys.contains("one:{shared-name}") && keys.contains("two:{shared-name}"), "{keys}");
-    assert_eq!(redis.cli(&["HGET", "one:{shared-name}", "v"]), "1", "the schema version is stored");
+    assert!(
+        keys.contains("one:{shared-name}") && keys.contains("two:{shared-name}"),
+        "{keys}"
+    );
+    assert_eq!(
+        redis.cli(&["HGET", "one:{shared-name}", "v"]),
+        "1",
+        "the schema version is stored"
+    );
     let ttl: i64 = redis.cli(&["PTTL", "one:{shared-name}"]).parse().unwrap();
-    assert!(ttl > 0 && ttl <= p.key_ttl().as_millis() as i64, "idle breakers expire");
+    assert!(
+        ttl > 0 && ttl <= p.key_ttl().as_millis() as i64,
+        "idle breakers expire"
+    );
 }
