@@ -10,7 +10,9 @@ use std::sync::{Arc, Weak};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::fallback::merge;
 use crate::replica::Replica;
+use crate::store::OutcomeBatch;
 use crate::StoreEvent;
 
 /// An early flush waits at least `sync_interval / FAST_FLUSH_DIVISOR` after the
@@ -50,7 +52,6 @@ async fn run(weak: Weak<Replica>) {
     let min_gap = sync / FAST_FLUSH_DIVISOR;
     let mut last_flush: Option<Instant> = None;
     let mut events_open = true;
-    let mut healthy = true;
     loop {
         let why = tokio::select! {
             _ = tick.tick() => Wake::Tick,
@@ -60,71 +61,75 @@ async fn run(weak: Weak<Replica>) {
         let Some(replica) = weak.upgrade() else {
             return;
         };
-        let ok = match why {
-            Wake::Tick => sync_once(&replica, true).await,
+        match why {
+            Wake::Tick => {
+                sync_once(&replica, true).await;
+            }
             Wake::Flush => {
                 if let Some(wait) = last_flush.map(|at| min_gap.saturating_sub(at.elapsed())) {
                     tokio::time::sleep(wait).await;
                 }
-                sync_once(&replica, false).await
+                sync_once(&replica, false).await;
             }
             Wake::Event(Ok(StoreEvent::Transition(transition))) => {
-                if transition.name == replica.name.as_str() {
+                // While degraded only our own connection's answers count.
+                if transition.name == replica.name.as_str() && !replica.fallback.is_degraded() {
                     replica.apply(transition.snapshot);
                 }
                 continue;
             }
-            Wake::Event(Ok(StoreEvent::Resync)) => sync_once(&replica, true).await,
-            Wake::Event(Err(RecvError::Lagged(_))) => sync_once(&replica, true).await,
+            Wake::Event(Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_))) => {
+                sync_once(&replica, true).await;
+            }
             Wake::Event(Err(RecvError::Closed)) => {
                 events_open = false;
                 continue;
             }
-        };
+        }
         last_flush = Some(Instant::now());
-        if ok != healthy {
-            healthy = ok;
-            if ok {
-                tracing::info!(breaker = %replica.name, "store reachable again");
-            } else {
-                tracing::warn!(breaker = %replica.name, "store unreachable; outcomes are kept until it answers");
-            }
+    }
+}
+
+/// Hands the counted outcomes (and any left from an outage) to the store, or
+/// (with nothing to hand over and `refresh` set) reads the shared state.
+/// Returns whether the store answered. When it does not, the outcomes are kept
+/// for later and counted by the private breaker of degraded mode.
+pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
+    let timeout = replica.policy.store_timeout();
+    let batch = replica.take_batch();
+    let send = merge(replica.fallback.take_backlog(), batch);
+    let answer = if !send.is_empty() {
+        let record = replica.store.record(&replica.name, &replica.policy, send);
+        tokio::time::timeout(timeout, record).await
+    } else if refresh {
+        let read = replica.store.snapshot(&replica.name, &replica.policy);
+        tokio::time::timeout(timeout, read).await
+    } else {
+        return true;
+    };
+    match answer {
+        Ok(Ok(snapshot)) => {
+            replica.store_back(snapshot);
+            true
+        }
+        Ok(Err(error)) => {
+            lost(replica, send, &batch, &error);
+            false
+        }
+        Err(_) => {
+            lost(replica, send, &batch, &"timed out");
+            false
         }
     }
 }
 
-/// Hands the counted outcomes to the store, or (with nothing to hand over and
-/// `refresh` set) reads the shared state. Returns whether the store answered.
-pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
-    let timeout = replica.policy.store_timeout();
-    let batch = replica.take_batch();
-    if !batch.is_empty() {
-        let record = replica.store.record(&replica.name, &replica.policy, batch);
-        return match tokio::time::timeout(timeout, record).await {
-            Ok(Ok(snapshot)) => {
-                replica.apply(snapshot);
-                true
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(breaker = %replica.name, %error, "flush failed");
-                replica.restore_batch(&batch);
-                false
-            }
-            Err(_) => {
-                replica.restore_batch(&batch);
-                false
-            }
-        };
-    }
-    if !refresh {
-        return true;
-    }
-    let read = replica.store.snapshot(&replica.name, &replica.policy);
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(snapshot)) => {
-            replica.apply(snapshot);
-            true
-        }
-        _ => false,
-    }
+fn lost(
+    replica: &Replica,
+    unsent: OutcomeBatch,
+    fresh: &OutcomeBatch,
+    error: &dyn std::fmt::Display,
+) {
+    replica.fallback.keep_backlog(unsent);
+    replica.store_lost(error);
+    replica.record_locally(fresh);
 }

@@ -8,6 +8,7 @@ use tower_layer::Layer;
 
 use crate::replica::Replica;
 use crate::store::Store;
+use crate::StoreFailure;
 use crate::{
     Breaker, BreakerName, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures, Policy,
 };
@@ -124,6 +125,13 @@ impl<C> DistributedCircuitBreakerLayer<C> {
         C: Clone,
     {
         self.map_shared(|s| s.rejection = rejection)
+    }
+
+    /// Chooses what the breaker does while its store is unreachable (default:
+    /// [`StoreFailure::Local`], decide alone). Applies to every clone.
+    pub fn on_store_failure(self, mode: StoreFailure) -> Self {
+        self.shared.replica.fallback.set_mode(mode);
+        self
     }
 
     /// A handle to inspect and command the breaker.

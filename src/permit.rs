@@ -43,6 +43,8 @@ pub(crate) struct ProbePermit {
     generation: u64,
     lease: u64,
     done: bool,
+    /// Granted by the private breaker while the store is unreachable.
+    local: bool,
 }
 
 impl ProbePermit {
@@ -52,7 +54,15 @@ impl ProbePermit {
             generation,
             lease,
             done: false,
+            local: false,
         }
+    }
+
+    /// A permit of the private breaker (degraded mode).
+    pub(crate) fn local(replica: Arc<Replica>, generation: u64, lease: u64) -> Self {
+        let mut permit = Self::new(replica, generation, lease);
+        permit.local = true;
+        permit
     }
 
     fn finish(mut self, outcome: Outcome, slow: bool) {
@@ -71,6 +81,16 @@ impl ProbePermit {
 
     /// Reports the result in the background; the caller never waits for it.
     fn send(&self, result: ProbeResult) {
+        if self.local {
+            let r = &self.replica;
+            if let Some(snapshot) =
+                r.fallback
+                    .release(r.policy.params(), self.generation, self.lease, result)
+            {
+                r.apply_local(snapshot);
+            }
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(breaker = %self.replica.name, "no tokio runtime to return a probe permit; it frees itself when its lease ends");
             return;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::fallback::{Fallback, StoreFailure};
 use crate::permit::{Admission, ProbePermit};
 use crate::store::{OutcomeBatch, Store};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
@@ -57,6 +58,8 @@ pub(crate) struct Replica {
     /// Wakes the driver for an early flush (a failure was counted).
     pub(crate) wake: Arc<Notify>,
     driver_started: AtomicBool,
+    /// Deciding alone while the store is unreachable.
+    pub(crate) fallback: Fallback,
 }
 
 impl Replica {
@@ -72,6 +75,7 @@ impl Replica {
             probing: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             driver_started: AtomicBool::new(false),
+            fallback: Fallback::new(),
         }
     }
 
@@ -83,6 +87,23 @@ impl Replica {
         }
         let packed = self.snapshot.load(Ordering::Acquire);
         let (state, generation) = unpack(packed);
+        if self.fallback.is_degraded() {
+            match self.fallback.mode() {
+                StoreFailure::Local => {}
+                StoreFailure::FailOpen => {
+                    return Peek::Pass {
+                        generation,
+                        count: false,
+                    }
+                }
+                StoreFailure::FailClosed => {
+                    return Peek::Reject {
+                        state: State::ForcedOpen,
+                        retry_after: self.policy.sync_interval(),
+                    }
+                }
+            }
+        }
         match state {
             State::Closed | State::ForcedClosed => Peek::Pass {
                 generation,
@@ -164,22 +185,6 @@ impl Replica {
         }
     }
 
-    /// Puts back a batch the store could not take, unless the state moved on.
-    pub(crate) fn restore_batch(&self, batch: &OutcomeBatch) {
-        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
-        if batch.generation != generation {
-            return;
-        }
-        let c = &self.counters;
-        c.successes.fetch_add(batch.successes, Ordering::Relaxed);
-        c.failures.fetch_add(batch.failures, Ordering::Relaxed);
-        c.slow.fetch_add(batch.slow, Ordering::Relaxed);
-        if batch.successes == 0 {
-            c.trailing_failures
-                .fetch_add(batch.trailing_failures, Ordering::Relaxed);
-        }
-    }
-
     /// Adopts a snapshot from the store unless it is older than the one held.
     /// Counters of an older generation are discarded.
     pub(crate) fn apply(&self, snapshot: Snapshot) {
@@ -238,6 +243,9 @@ impl Replica {
             return Err(self.open_error(state, Duration::ZERO));
         }
         let _clear = ClearOnDrop(&self.probing);
+        if self.fallback.is_degraded() {
+            return self.degraded_admission();
+        }
         let answer = tokio::time::timeout(
             self.policy.store_timeout(),
             self.store.acquire(&self.name, &self.policy),
@@ -260,20 +268,90 @@ impl Replica {
                     None => Err(self.open_error(snapshot.state, snapshot.remaining)),
                 }
             }
-            Ok(Err(error)) => Ok(self.store_failed(&error)),
-            Err(_elapsed) => Ok(self.store_failed(&"timed out")),
+            Ok(Err(error)) => {
+                self.store_lost(&error);
+                self.degraded_admission()
+            }
+            Err(_elapsed) => {
+                self.store_lost(&"timed out");
+                self.degraded_admission()
+            }
         }
     }
 
-    /// The store could not be asked: let the call through rather than let the
-    /// store's outage become ours.
-    fn store_failed(&self, error: &dyn std::fmt::Display) -> Admission {
-        tracing::warn!(breaker = %self.name, %error, "store unavailable for a probe permit; letting the call through");
-        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
-        Admission::Pass {
+    /// Admission while the store is unreachable, by the chosen [`StoreFailure`].
+    fn degraded_admission(self: &Arc<Self>) -> Result<Admission, CircuitOpen> {
+        let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        let pass = Admission::Pass {
             generation,
             count: true,
+        };
+        match self.fallback.mode() {
+            StoreFailure::FailOpen => Ok(pass),
+            StoreFailure::FailClosed => {
+                Err(self.open_error(State::ForcedOpen, self.policy.sync_interval()))
+            }
+            StoreFailure::Local => {
+                let Some(acquired) = self.fallback.acquire(self.policy.params()) else {
+                    return Ok(pass); // the store came back meanwhile
+                };
+                let snapshot = acquired.snapshot;
+                self.apply_local(snapshot);
+                match acquired.lease {
+                    Some(lease) => Ok(Admission::Probe(Box::new(ProbePermit::local(
+                        self.clone(),
+                        snapshot.generation,
+                        lease,
+                    )))),
+                    None if snapshot.state.admits_freely() => Ok(pass),
+                    None => Err(self.open_error(state, snapshot.remaining)),
+                }
+            }
         }
+    }
+
+    /// The store failed us: decide alone until it answers again (logged once
+    /// per episode).
+    pub(crate) fn store_lost(&self, error: &dyn std::fmt::Display) {
+        if self.fallback.enter(self.current()) {
+            tracing::warn!(
+                breaker = %self.name,
+                %error,
+                mode = ?self.fallback.mode(),
+                "store unreachable; deciding alone until it answers"
+            );
+        }
+    }
+
+    /// The store answered: adopt its state (even over what was decided alone).
+    pub(crate) fn store_back(&self, snapshot: Snapshot) {
+        if self.fallback.leave() {
+            tracing::info!(breaker = %self.name, state = %snapshot.state, "store reachable again; following the shared state");
+            let deadline = self.now_nanos().saturating_add(nanos(snapshot.remaining));
+            self.deadline.store(deadline, Ordering::Release);
+            self.snapshot
+                .store(pack(snapshot.state, snapshot.generation), Ordering::Release);
+        } else {
+            self.apply(snapshot);
+        }
+    }
+
+    /// Counts a batch in the private breaker (degraded `Local` mode).
+    pub(crate) fn record_locally(&self, batch: &OutcomeBatch) {
+        if let Some(snapshot) = self.fallback.record(self.policy.params(), batch) {
+            self.apply_local(snapshot);
+        }
+    }
+
+    /// Shows the private breaker's state under the generation last heard from
+    /// the store, so that outcomes keep counting and the store's next answer
+    /// (same generation or newer) replaces it.
+    pub(crate) fn apply_local(&self, local: Snapshot) {
+        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        let deadline = self.now_nanos().saturating_add(nanos(local.remaining));
+        self.deadline.store(deadline, Ordering::Release);
+        self.snapshot
+            .store(pack(local.state, generation), Ordering::Release);
     }
 
     pub(crate) fn open_error(&self, state: State, retry_after: Duration) -> CircuitOpen {

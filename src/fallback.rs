@@ -1,0 +1,256 @@
+//! What a process does while its store cannot be reached: by default it keeps
+//! a private breaker with the same policy, so the breaker never becomes the
+//! outage and never stops protecting the dependency either.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::time::Instant;
+
+use crate::machine::Machine;
+use crate::policy::Params;
+use crate::rand::rand16;
+use crate::store::{Acquired, OutcomeBatch, ProbeResult};
+use crate::{Snapshot, State};
+
+/// How a breaker decides while its store is unreachable, slow or refusing.
+///
+/// In every mode, a request waits on the store at most the policy's
+/// `store_timeout`, the breaker logs once when the store is lost and once when
+/// it is back, retries every `sync_interval`, and on recovery hands the store
+/// what it counted meanwhile and adopts the shared state again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreFailure {
+    /// Decide alone, from this process's own counts, with the same policy: a
+    /// plain local circuit breaker until the store answers again (the default).
+    #[default]
+    Local,
+    /// Let every call through while the store is unreachable.
+    FailOpen,
+    /// Reject every call while the store is unreachable.
+    FailClosed,
+}
+
+impl StoreFailure {
+    fn code(self) -> u8 {
+        match self {
+            StoreFailure::Local => 0,
+            StoreFailure::FailOpen => 1,
+            StoreFailure::FailClosed => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => StoreFailure::FailOpen,
+            2 => StoreFailure::FailClosed,
+            _ => StoreFailure::Local,
+        }
+    }
+}
+
+/// The degraded-mode state of one replica.
+#[derive(Debug)]
+pub(crate) struct Fallback {
+    degraded: AtomicBool,
+    mode: AtomicU8,
+    /// The private breaker, present while degraded in `Local` mode. Locked only
+    /// off the closed hot path (flushes, probe permits).
+    local: Mutex<Option<Machine>>,
+    /// Outcomes counted while the store could not take them.
+    backlog: Mutex<OutcomeBatch>,
+    epoch: Instant,
+}
+
+impl Fallback {
+    pub(crate) fn new() -> Self {
+        Fallback {
+            degraded: AtomicBool::new(false),
+            mode: AtomicU8::new(StoreFailure::Local.code()),
+            local: Mutex::new(None),
+            backlog: Mutex::new(OutcomeBatch::default()),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub(crate) fn set_mode(&self, mode: StoreFailure) {
+        self.mode.store(mode.code(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn mode(&self) -> StoreFailure {
+        StoreFailure::from_code(self.mode.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Starts deciding alone from `current`; `false` if already degraded.
+    pub(crate) fn enter(&self, current: Snapshot) -> bool {
+        if self.degraded.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let now = self.now();
+        let mut machine = Machine::new(now);
+        match current.state {
+            State::Closed => {}
+            // An open or half-open breaker stays open locally until its break
+            // ends; then one local probe decides.
+            State::Open | State::HalfOpen => {
+                machine.state = State::Open;
+                machine.open_until = now + millis(current.remaining);
+                machine.opens = 1;
+            }
+            // An operator's command stands until the store is back.
+            forced => machine.state = forced,
+        }
+        *self.lock() = Some(machine);
+        true
+    }
+
+    /// Stops deciding alone; `false` if it was not degraded.
+    pub(crate) fn leave(&self) -> bool {
+        if !self.degraded.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        *self.lock() = None;
+        true
+    }
+
+    /// Counts a batch in the private breaker; its state after, if degraded.
+    pub(crate) fn record(&self, p: &Params, batch: &OutcomeBatch) -> Option<Snapshot> {
+        let now = self.now();
+        let mut guard = self.lock();
+        let machine = guard.as_mut()?;
+        let batch = OutcomeBatch {
+            generation: machine.generation,
+            ..*batch
+        };
+        machine.record(p, now, &batch, rand16());
+        Some(machine.snapshot(p, now))
+    }
+
+    /// Asks the private breaker for a probe permit, if degraded.
+    pub(crate) fn acquire(&self, p: &Params) -> Option<Acquired> {
+        let now = self.now();
+        let mut guard = self.lock();
+        let machine = guard.as_mut()?;
+        Some(machine.acquire(p, now))
+    }
+
+    /// Returns a private probe permit granted under `generation` (of the
+    /// private breaker), if still degraded.
+    pub(crate) fn release(
+        &self,
+        p: &Params,
+        generation: u64,
+        lease: u64,
+        result: ProbeResult,
+    ) -> Option<Snapshot> {
+        let now = self.now();
+        let mut guard = self.lock();
+        let machine = guard.as_mut()?;
+        machine.release(p, now, generation, lease, result, rand16());
+        Some(machine.snapshot(p, now))
+    }
+
+    /// Takes the outcomes the store has not taken yet.
+    pub(crate) fn take_backlog(&self) -> OutcomeBatch {
+        std::mem::take(&mut *self.backlog())
+    }
+
+    /// Keeps outcomes the store could not take, to hand over on recovery.
+    /// They count toward whatever generation is current then (generation 0).
+    pub(crate) fn keep_backlog(&self, batch: OutcomeBatch) {
+        *self.backlog() = OutcomeBatch {
+            generation: 0,
+            ..batch
+        };
+    }
+
+    fn backlog(&self) -> MutexGuard<'_, OutcomeBatch> {
+        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Machine>> {
+        // Nothing panics while the lock is held; a poisoned lock still holds a
+        // consistent machine.
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Two batches as one, `later` after `earlier`.
+pub(crate) fn merge(earlier: OutcomeBatch, later: OutcomeBatch) -> OutcomeBatch {
+    if earlier.is_empty() {
+        return later;
+    }
+    OutcomeBatch {
+        generation: 0,
+        successes: earlier.successes.saturating_add(later.successes),
+        failures: earlier.failures.saturating_add(later.failures),
+        slow: earlier.slow.saturating_add(later.slow),
+        trailing_failures: if later.successes > 0 {
+            later.trailing_failures
+        } else {
+            earlier.trailing_failures.saturating_add(later.failures)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(generation: u64, successes: u32, failures: u32, trailing: u32) -> OutcomeBatch {
+        OutcomeBatch {
+            generation,
+            successes,
+            failures,
+            slow: 0,
+            trailing_failures: trailing,
+        }
+    }
+
+    #[test]
+    fn merged_batches_keep_the_run_of_failures() {
+        let empty = OutcomeBatch::default();
+        assert_eq!(merge(empty, batch(7, 1, 2, 2)), batch(7, 1, 2, 2));
+        assert_eq!(
+            merge(batch(0, 1, 2, 2), batch(7, 0, 3, 3)),
+            batch(0, 1, 5, 5)
+        );
+        assert_eq!(
+            merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1)),
+            batch(0, 3, 5, 1)
+        );
+    }
+
+    #[test]
+    fn a_private_breaker_trips_and_probes_alone() {
+        let p = *crate::Policy::builder()
+            .consecutive_failures(2)
+            .build()
+            .unwrap()
+            .params();
+        let f = Fallback::new();
+        assert!(
+            f.record(&p, &batch(0, 0, 2, 2)).is_none(),
+            "not degraded yet"
+        );
+        assert!(f.enter(Snapshot::INITIAL));
+        assert!(!f.enter(Snapshot::INITIAL), "entering twice is one episode");
+        let s = f.record(&p, &batch(0, 0, 2, 2)).unwrap();
+        assert_eq!(s.state, State::Open);
+        assert!(f.leave());
+        assert!(!f.leave());
+    }
+}
