@@ -50,6 +50,12 @@ impl Breaker {
         self.replica.current()
     }
 
+    /// Whether this process is deciding alone because its store did not answer
+    /// (see [`StoreFailure`](crate::StoreFailure)).
+    pub fn is_degraded(&self) -> bool {
+        self.replica.fallback.is_degraded()
+    }
+
     /// Hands counted outcomes to the store now and refreshes the view; returns
     /// whether the store answered.
     pub async fn sync(&self) -> bool {

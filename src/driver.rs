@@ -63,7 +63,18 @@ async fn run(weak: Weak<Replica>) {
         };
         match why {
             Wake::Tick => {
-                sync_once(&replica, true).await;
+                // While a degraded replica waits on the store, failures are
+                // still decided locally at once.
+                let attempt = sync_once(&replica, true);
+                tokio::pin!(attempt);
+                loop {
+                    tokio::select! {
+                        _ = &mut attempt => break,
+                        () = wake.notified(), if replica.fallback.is_degraded() => {
+                            decide_locally(&replica, replica.take_batch());
+                        }
+                    }
+                }
             }
             Wake::Flush => {
                 if let Some(wait) = last_flush.map(|at| min_gap.saturating_sub(at.elapsed())) {
@@ -92,12 +103,20 @@ async fn run(weak: Weak<Replica>) {
 
 /// Hands the counted outcomes (and any left from an outage) to the store, or
 /// (with nothing to hand over and `refresh` set) reads the shared state.
-/// Returns whether the store answered. When it does not, the outcomes are kept
-/// for later and counted by the private breaker of degraded mode.
+/// Returns whether the store answered. While the store is unreachable the
+/// outcomes go to the private breaker at once and are kept for the store,
+/// which is retried on `refresh` only.
 pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
-    let timeout = replica.policy.store_timeout();
-    let batch = replica.take_batch();
+    let mut batch = replica.take_batch();
+    if replica.fallback.is_degraded() {
+        decide_locally(replica, batch);
+        if !refresh {
+            return false;
+        }
+        batch = OutcomeBatch::default(); // kept in the backlog already
+    }
     let send = merge(replica.fallback.take_backlog(), batch);
+    let timeout = replica.policy.store_timeout();
     let answer = if !send.is_empty() {
         let record = replica.store.record(&replica.name, &replica.policy, send);
         tokio::time::timeout(timeout, record).await
@@ -107,29 +126,24 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
     } else {
         return true;
     };
-    match answer {
+    let error: &dyn std::fmt::Display = match &answer {
         Ok(Ok(snapshot)) => {
-            replica.store_back(snapshot);
-            true
+            replica.store_back(*snapshot);
+            return true;
         }
-        Ok(Err(error)) => {
-            lost(replica, send, &batch, &error);
-            false
-        }
-        Err(_) => {
-            lost(replica, send, &batch, &"timed out");
-            false
-        }
+        Ok(Err(error)) => error,
+        Err(_) => &"timed out",
+    };
+    replica.fallback.keep_backlog(send);
+    if !replica.fallback.is_degraded() {
+        replica.store_lost(error);
+        replica.record_locally(&batch);
     }
+    false
 }
 
-fn lost(
-    replica: &Replica,
-    unsent: OutcomeBatch,
-    fresh: &OutcomeBatch,
-    error: &dyn std::fmt::Display,
-) {
-    replica.fallback.keep_backlog(unsent);
-    replica.store_lost(error);
-    replica.record_locally(fresh);
+/// Counts a batch in the private breaker and keeps it for the store.
+fn decide_locally(replica: &Replica, batch: OutcomeBatch) {
+    replica.record_locally(&batch);
+    replica.fallback.keep_backlog(batch);
 }

@@ -163,9 +163,10 @@ impl Fallback {
     /// Keeps outcomes the store could not take, to hand over on recovery.
     /// They count toward whatever generation is current then (generation 0).
     pub(crate) fn keep_backlog(&self, batch: OutcomeBatch) {
-        *self.backlog() = OutcomeBatch {
+        let mut backlog = self.backlog();
+        *backlog = OutcomeBatch {
             generation: 0,
-            ..batch
+            ..merge(*backlog, batch)
         };
     }
 

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod dependency;
+pub mod fleet;
 pub mod http;
+pub mod proxy;
 pub mod redis;
 
 use std::time::Duration;
