@@ -369,6 +369,7 @@ fn unavailable_after(timeout: Duration) -> StoreError {
 
 fn map_error(error: RedisError) -> StoreError {
     let text = error.to_string();
+    let upper = text.to_ascii_uppercase();
     let kind = if text.contains("DCB_CORRUPT")
         || text.contains("DCB_SCHEMA")
         || text.contains("WRONGTYPE")
@@ -377,7 +378,7 @@ fn map_error(error: RedisError) -> StoreError {
     } else if error.kind() == redis::ErrorKind::AuthenticationFailed
         || ["NOPERM", "NOAUTH", "WRONGPASS"]
             .iter()
-            .any(|code| text.contains(code))
+            .any(|code| upper.contains(code))
     {
         StoreErrorKind::Refused
     } else if error.kind() == redis::ErrorKind::InvalidClientConfig {
