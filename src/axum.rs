@@ -21,7 +21,7 @@
 //! # }
 //! ```
 
-use axum_core::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
 use crate::{BoxError, BreakerError, CircuitOpen};

@@ -1,16 +1,19 @@
 //! The tower [`Layer`] that puts a breaker in front of a service.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Sleep;
 use tower_layer::Layer;
 
 use crate::replica::Replica;
 use crate::store::Store;
 use crate::StoreFailure;
 use crate::{
-    Breaker, BreakerName, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures, Policy,
+    Breaker, BreakerName, Classifier, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures,
+    Policy,
 };
 
 /// How a service answers while its breaker is open.
@@ -64,6 +67,22 @@ pub(crate) struct Shared<C> {
     pub(crate) classifier: C,
     pub(crate) call_timeout: Option<Duration>,
     pub(crate) rejection: Rejection,
+}
+
+impl<C> Shared<C> {
+    /// The timer of a call (if a call timeout is set) and whether its duration
+    /// must be measured.
+    pub(crate) fn call_timer<Res, Err>(&self) -> (Option<Pin<Box<Sleep>>>, bool)
+    where
+        C: Classifier<Res, Err>,
+    {
+        let timer = self
+            .call_timeout
+            .map(|limit| Box::pin(tokio::time::sleep(limit)));
+        let timed =
+            self.replica.policy.slow_call_duration().is_some() || self.classifier.uses_elapsed();
+        (timer, timed)
+    }
 }
 
 impl DistributedCircuitBreakerLayer {

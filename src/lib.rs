@@ -58,15 +58,21 @@
 
 mod breaker;
 mod classify;
+#[cfg(feature = "serde")]
+mod config;
 mod config_error;
 mod driver;
 mod error;
 mod fallback;
 mod future;
+mod key;
+pub mod keyed;
 mod layer;
 mod machine;
+mod on_open;
 mod permit;
 mod policy;
+mod policy_set;
 mod rand;
 mod replica;
 mod service;
@@ -79,12 +85,21 @@ pub mod axum;
 
 pub use breaker::Breaker;
 pub use classify::{Classifier, ErrorsAsFailures, HttpClassifier, Outcome};
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use config::{PolicyConfig, PolicySetConfig};
 pub use config_error::ConfigError;
 pub use error::{BoxError, BreakerError, CallTimeout, CircuitOpen};
 pub use fallback::StoreFailure;
 pub use future::ResponseFuture;
+#[cfg(feature = "axum")]
+pub use key::ByMatchedPath;
+pub use key::{ByAuthority, ByHeader, KeyExtractor};
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
 pub use layer::{DistributedCircuitBreakerLayer, Rejection};
+pub use on_open::{OnOpen, OnOpenFuture, OnOpenLayer};
 pub use policy::{Policy, PolicyBuilder, MAX_DURATION, MAX_HALF_OPEN_PERMITS, MAX_WINDOW_BUCKETS};
+pub use policy_set::PolicySet;
 pub use service::DistributedCircuitBreaker;
 pub use state::{Snapshot, State, StoreEvent, Transition};
 pub use store::{BreakerName, Force, MemoryStore, Store};

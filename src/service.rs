@@ -162,12 +162,7 @@ where
                 }
             },
         };
-        let timeout = self
-            .shared
-            .call_timeout
-            .map(|limit| Box::pin(tokio::time::sleep(limit)));
-        let timed = self.shared.replica.policy.slow_call_duration().is_some()
-            || self.shared.classifier.uses_elapsed();
+        let (timeout, timed) = self.shared.call_timer();
         ResponseFuture::called(
             self.inner.call(request),
             self.shared.clone(),
