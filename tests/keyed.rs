@@ -51,7 +51,9 @@ async fn one_breaker_per_downstream_host() {
     let get = |addr: std::net::SocketAddr| {
         let svc = svc.clone();
         async move {
-            let request = Request::get(format!("http://{addr}/")).body(Empty::new()).unwrap();
+            let request = Request::get(format!("http://{addr}/"))
+                .body(Empty::new())
+                .unwrap();
             svc.oneshot(request).await.map_err(BreakerError::from)
         }
     };
@@ -61,9 +63,22 @@ async fn one_breaker_per_downstream_host() {
     }
     settle().await;
     let sick_key = sick_addr.to_string();
-    assert_eq!(layer.breaker(&sick_key).unwrap().snapshot().state, State::Open);
-    assert_eq!(layer.breaker(&sick_key).unwrap().name().as_str(), format!("client/{sick_key}"));
-    assert_eq!(layer.breaker(&healthy_addr.to_string()).unwrap().snapshot().state, State::Closed);
+    assert_eq!(
+        layer.breaker(&sick_key).unwrap().snapshot().state,
+        State::Open
+    );
+    assert_eq!(
+        layer.breaker(&sick_key).unwrap().name().as_str(),
+        format!("client/{sick_key}")
+    );
+    assert_eq!(
+        layer
+            .breaker(&healthy_addr.to_string())
+            .unwrap()
+            .snapshot()
+            .state,
+        State::Closed
+    );
     for _ in 0..10 {
         assert!(matches!(get(sick_addr).await, Err(BreakerError::Open(_))));
         assert_eq!(get(healthy_addr).await.unwrap().status(), 200);
@@ -98,7 +113,9 @@ async fn one_breaker_per_route_with_overrides_and_retry_after() {
         .route("/search", get(|| async { "results" }))
         .route_layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(distributed_circuit_breaker::axum::handle_error))
+                .layer(HandleErrorLayer::new(
+                    distributed_circuit_breaker::axum::handle_error,
+                ))
                 .layer(breakers.clone()),
         );
     let addr = serve(app).await;
@@ -107,10 +124,17 @@ async fn one_breaker_per_route_with_overrides_and_retry_after() {
         let client = client.clone();
         async move {
             let response = client
-                .request(Request::get(format!("http://{addr}{path}")).body(Empty::new()).unwrap())
+                .request(
+                    Request::get(format!("http://{addr}{path}"))
+                        .body(Empty::new())
+                        .unwrap(),
+                )
                 .await
                 .unwrap();
-            (response.status(), response.headers().get("retry-after").cloned())
+            (
+                response.status(),
+                response.headers().get("retry-after").cloned(),
+            )
         }
     };
     assert_eq!(status("/pay/1").await.0, 502);
@@ -125,8 +149,14 @@ async fn one_breaker_per_route_with_overrides_and_retry_after() {
     for _ in 0..5 {
         assert_eq!(status("/search").await.0, 200);
     }
-    assert_eq!(breakers.breaker("/pay/{id}").unwrap().snapshot().state, State::Open);
-    assert_eq!(breakers.breaker("/search").unwrap().snapshot().state, State::Closed);
+    assert_eq!(
+        breakers.breaker("/pay/{id}").unwrap().snapshot().state,
+        State::Open
+    );
+    assert_eq!(
+        breakers.breaker("/search").unwrap().snapshot().state,
+        State::Closed
+    );
 }
 
 #[tokio::test]
@@ -156,7 +186,10 @@ async fn one_breaker_per_tenant_and_a_fallback() {
     let submit = |tenant: &'static str| {
         let svc = svc.clone();
         async move {
-            let request = Request::post("/jobs").header("x-tenant", tenant).body(Body::empty()).unwrap();
+            let request = Request::post("/jobs")
+                .header("x-tenant", tenant)
+                .body(Body::empty())
+                .unwrap();
             let response = svc.oneshot(request).await?;
             let body = axum::body::to_bytes(response.into_body(), 1024).await?;
             Ok::<_, BoxError>(String::from_utf8(body.to_vec())?)
@@ -167,7 +200,11 @@ async fn one_breaker_per_tenant_and_a_fallback() {
     settle().await;
     assert_eq!(submit("noisy").await.unwrap(), "deferred: jobs/noisy");
     assert_eq!(submit("quiet").await.unwrap(), "queued");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "the open tenant's job never reached the queue");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the open tenant's job never reached the queue"
+    );
     assert_eq!(layer.breakers(), 2);
 }
 
@@ -177,7 +214,13 @@ async fn a_keyed_breaker_probes_and_closes() {
     let flag = down.clone();
     let inner = service_fn(move |_: String| {
         let down = flag.load(Ordering::SeqCst);
-        async move { if down { Err::<(), _>(std::io::Error::other("down")) } else { Ok(()) } }
+        async move {
+            if down {
+                Err::<(), _>(std::io::Error::other("down"))
+            } else {
+                Ok(())
+            }
+        }
     });
     let policy = Policy::builder()
         .consecutive_failures(1)
@@ -191,7 +234,9 @@ async fn a_keyed_breaker_probes_and_closes() {
     let call = |key: &str| svc.clone().oneshot(key.to_owned());
     assert!(call("a").await.is_err());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(BreakerError::from(call("a").await.unwrap_err()).to_string().contains("open"));
+    assert!(BreakerError::from(call("a").await.unwrap_err())
+        .to_string()
+        .contains("open"));
     tokio::time::sleep(Duration::from_secs(5)).await;
     down.store(false, Ordering::SeqCst);
     call("a").await.unwrap(); // the probe, admitted in the response future
@@ -215,14 +260,19 @@ async fn a_flood_of_keys_stays_within_the_cap_and_idle_breakers_go() {
     }
     assert_eq!(layer.breakers(), 100);
     assert!(layer.breaker("9999").is_some(), "the newest stay");
-    assert!(layer.breaker("0").is_none(), "the least recently used went first");
+    assert!(
+        layer.breaker("0").is_none(),
+        "the least recently used went first"
+    );
 
     tokio::time::advance(Duration::from_secs(61)).await;
     svc.ready().await.unwrap().call(1).await.unwrap();
     assert_eq!(layer.breakers(), 1, "idle breakers were dropped");
-    assert!(DistributedCircuitBreakerLayer::new("x", Policy::default(), MemoryStore::new())
-        .unwrap()
-        .key_by(ByAuthority)
-        .limits(0, Duration::from_secs(1))
-        .is_err_and(|e| e.field() == "max_breakers"));
+    assert!(
+        DistributedCircuitBreakerLayer::new("x", Policy::default(), MemoryStore::new())
+            .unwrap()
+            .key_by(ByAuthority)
+            .limits(0, Duration::from_secs(1))
+            .is_err_and(|e| e.field() == "max_breakers")
+    );
 }
