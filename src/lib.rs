@@ -107,6 +107,6 @@ pub use store::{BreakerName, Force, MemoryStore, Store};
 pub use store::{RedisStore, RedisStoreBuilder};
 
 /// Compiles the README's examples as doc tests.
-#[cfg(all(doctest, feature = "axum", feature = "redis"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "serde"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
