@@ -9,9 +9,10 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::deferred::Recorder;
 use crate::layer::Shared;
 use crate::permit::Admission;
-use crate::{BoxError, CallTimeout, CircuitOpen, Classifier, Outcome};
+use crate::{BoxError, CallTimeout, CircuitOpen, Classifier, Deferred, Outcome};
 
 pin_project! {
     /// Resolves to the inner service's response, or fails with
@@ -102,8 +103,14 @@ where
                 if let Poll::Ready(result) = future.poll(cx) {
                     if let Some(call) = call.take() {
                         let elapsed = call.elapsed();
-                        let outcome = call.shared.classifier.classify(result.as_ref(), elapsed);
-                        call.finish(outcome, elapsed);
+                        let classifier = &call.shared.classifier;
+                        match classifier.defer(result.as_ref()) {
+                            Some(deferred) => call.defer(&deferred, elapsed),
+                            None => {
+                                let outcome = classifier.classify(result.as_ref(), elapsed);
+                                call.finish(outcome, elapsed);
+                            }
+                        }
                     }
                     return Poll::Ready(result.map_err(Into::into));
                 }
@@ -137,12 +144,25 @@ impl<C> Call<C> {
     }
 
     fn finish(self, outcome: Outcome, elapsed: std::time::Duration) {
-        let replica = &self.shared.replica;
-        let slow = replica
-            .policy
+        let slow = self.is_slow(elapsed);
+        self.admission.finish(&self.shared.replica, outcome, slow);
+    }
+
+    /// Hands the call to whoever will learn its outcome.
+    fn defer(self, deferred: &Deferred, elapsed: std::time::Duration) {
+        let slow = self.is_slow(elapsed);
+        deferred.attach(Recorder {
+            admission: self.admission,
+            replica: self.shared.replica.clone(),
+            slow,
+        });
+    }
+
+    fn is_slow(&self, elapsed: std::time::Duration) -> bool {
+        let policy = &self.shared.replica.policy;
+        policy
             .slow_call_duration()
-            .is_some_and(|limit| elapsed >= limit);
-        self.admission.finish(replica, outcome, slow);
+            .is_some_and(|limit| elapsed >= limit)
     }
 }
 

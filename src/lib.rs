@@ -61,6 +61,7 @@ mod classify;
 #[cfg(feature = "serde")]
 mod config;
 mod config_error;
+mod deferred;
 mod driver;
 mod error;
 mod fallback;
@@ -78,6 +79,9 @@ mod replica;
 mod service;
 mod state;
 pub mod store;
+#[cfg(feature = "tower-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
+pub mod tower_http;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -89,6 +93,7 @@ pub use classify::{Classifier, ErrorsAsFailures, HttpClassifier, Outcome};
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 pub use config::{PolicyConfig, PolicySetConfig};
 pub use config_error::ConfigError;
+pub use deferred::Deferred;
 pub use error::{BoxError, BreakerError, CallTimeout, CircuitOpen};
 pub use fallback::StoreFailure;
 pub use future::ResponseFuture;

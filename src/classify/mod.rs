@@ -26,6 +26,8 @@ pub use self::http::HttpClassifier;
 
 use std::time::Duration;
 
+use crate::Deferred;
+
 /// How one call counts toward the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -54,6 +56,14 @@ pub trait Classifier<Res, Err> {
     /// and passes `Duration::ZERO`. Defaults to `true`.
     fn uses_elapsed(&self) -> bool {
         true
+    }
+
+    /// For a result whose outcome is only known later (at the end of a
+    /// response stream), the handle through which it will be reported; the
+    /// breaker then counts nothing now. Defaults to `None`: classify at once.
+    fn defer(&self, result: Result<&Res, &Err>) -> Option<Deferred> {
+        let _ = result;
+        None
     }
 }
 
