@@ -3,9 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::replica::Replica;
+use tokio::time::Instant;
+
+use crate::permit::Admission;
+use crate::replica::{Peek, Replica};
 use crate::store::{Force, StoreError};
-use crate::{BreakerName, Policy, Snapshot};
+use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot};
 
 /// A handle to a breaker: its local view, and commands that go to the store
 /// (and so reach every process sharing the breaker).
@@ -62,12 +65,81 @@ impl Breaker {
         crate::driver::sync_once(&self.replica, true).await
     }
 
+    /// Asks to make a call outside tower (another client's middleware, a job
+    /// runner): `Ok` with a [`Permit`] to report the outcome to, or the
+    /// rejection. Waits on the store only when a half-open permit is needed,
+    /// and then at most the policy's `store_timeout`.
+    ///
+    /// ```
+    /// use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, MemoryStore, Outcome, Policy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let breaker = DistributedCircuitBreakerLayer::new("job", Policy::default(), MemoryStore::new())?.breaker();
+    /// let permit = breaker.admit().await?; // Err(CircuitOpen) while open
+    /// let worked = true; // ... make the call ...
+    /// permit.finish(if worked { Outcome::Success } else { Outcome::Failure });
+    /// # Ok(()) }
+    /// ```
+    pub async fn admit(&self) -> Result<Permit, CircuitOpen> {
+        let replica = &self.replica;
+        let admission = match replica.peek() {
+            Peek::Pass { generation, count } => Admission::Pass { generation, count },
+            Peek::Reject { state, retry_after } => {
+                return Err(replica.open_error(state, retry_after))
+            }
+            Peek::NeedsPermit => replica.clone().acquire().await?,
+        };
+        Ok(Permit {
+            admission: Some(admission),
+            replica: replica.clone(),
+            started: Instant::now(),
+        })
+    }
+
     /// Sends an operator's command to the store and adopts the result.
     pub async fn force(&self, force: Force) -> Result<Snapshot, StoreError> {
         let r = &self.replica;
         let snapshot = r.store.force(&r.name, &r.policy, force).await?;
         r.apply(snapshot);
         Ok(snapshot)
+    }
+}
+
+/// A call admitted by [`Breaker::admit`]. Report its outcome with
+/// [`finish`](Self::finish); dropped unfinished, it counts as ignored (and a
+/// half-open probe permit goes back to the store).
+pub struct Permit {
+    admission: Option<Admission>,
+    replica: Arc<Replica>,
+    started: Instant,
+}
+
+impl Permit {
+    /// Counts the call's outcome; slowness is judged from when it was admitted.
+    pub fn finish(mut self, outcome: Outcome) {
+        let slow = self
+            .replica
+            .policy
+            .slow_call_duration()
+            .is_some_and(|limit| self.started.elapsed() >= limit);
+        if let Some(admission) = self.admission.take() {
+            admission.finish(&self.replica, outcome, slow);
+        }
+    }
+
+    /// Whether this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        matches!(self.admission, Some(Admission::Probe(_)))
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &self.replica.name)
+            .field("probe", &self.is_probe())
+            .finish()
     }
 }
 

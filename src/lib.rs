@@ -76,6 +76,9 @@ mod policy;
 mod policy_set;
 mod rand;
 mod replica;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 mod service;
 mod state;
 pub mod store;
@@ -87,7 +90,7 @@ pub mod tower_http;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 
-pub use breaker::Breaker;
+pub use breaker::{Breaker, Permit};
 pub use classify::{Classifier, ErrorsAsFailures, HttpClassifier, Outcome};
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]

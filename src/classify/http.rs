@@ -71,6 +71,11 @@ impl HttpClassifier {
         self
     }
 
+    /// The outcome for an error of the inner service.
+    pub fn classify_error(&self) -> Outcome {
+        self.errors
+    }
+
     /// The outcome for a status code.
     pub fn classify_status(&self, status: StatusCode) -> Outcome {
         if status == StatusCode::TOO_MANY_REQUESTS {

@@ -84,6 +84,13 @@ impl<K, C: Clone> KeyedCircuitBreakerLayer<K, C> {
         Some(Breaker::new(shared.replica.clone()))
     }
 
+    /// The breaker of `key`, created now if it does not exist (for callers
+    /// outside tower, with [`Breaker::admit`]).
+    pub fn breaker_for(&self, key: &str) -> Breaker {
+        let shared = self.registry.get(Some(std::borrow::Cow::Borrowed(key)));
+        Breaker::new(shared.replica.clone())
+    }
+
     /// The breaker of requests without a key.
     pub fn base_breaker(&self) -> Breaker {
         Breaker::new(self.registry.base.replica.clone())
