@@ -115,6 +115,13 @@ pub use store::{BreakerName, Force, MemoryStore, Store};
 pub use store::{RedisStore, RedisStoreBuilder};
 
 /// Compiles the README's examples as doc tests.
-#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "serde"))]
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "redis",
+    feature = "serde",
+    feature = "reqwest",
+    feature = "tower-http"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
