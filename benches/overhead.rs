@@ -39,42 +39,46 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Times `iters` calls through clones of `svc`, one after another, each polled
+/// ready first as tower requires; `Ok` and `Err` both count (the rejected path
+/// answers `Err`).
+fn bench_service<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: S,
+) where
+    S: Service<u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut svc = svc.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let ready = svc.ready().await.unwrap();
+                    black_box(ready.call(black_box(i)).await.is_ok());
+                }
+                start.elapsed()
+            }
+        })
+    });
+}
+
 fn overhead(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("closed_call");
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
 
-    let plain = Plain;
-    group.bench_function("plain", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let mut svc = plain;
-            async move {
-                let start = Instant::now();
-                for i in 0..iters {
-                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
-                }
-                start.elapsed()
-            }
-        })
-    });
+    bench_service(&mut group, &rt, "plain", Plain);
 
     let layer = rt.block_on(async {
         DistributedCircuitBreakerLayer::new("bench", Policy::default(), MemoryStore::new()).unwrap()
     });
     let ours = layer.layer(Plain);
-    group.bench_function("distributed-circuit-breaker", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let mut svc = ours.clone();
-            async move {
-                let start = Instant::now();
-                for i in 0..iters {
-                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
-                }
-                start.elapsed()
-            }
-        })
-    });
+    bench_service(&mut group, &rt, "distributed-circuit-breaker", ours);
 
     // The same layer on a RedisStore: the closed path never waits on Redis, so
     // it should cost what the MemoryStore one does.
@@ -86,18 +90,12 @@ fn overhead(c: &mut Criterion) {
             DistributedCircuitBreakerLayer::new("bench", Policy::default(), store).unwrap()
         });
         let on_redis = layer.layer(Plain);
-        group.bench_function("distributed-circuit-breaker (RedisStore)", |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let mut svc = on_redis.clone();
-                async move {
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
-                    }
-                    start.elapsed()
-                }
-            })
-        });
+        bench_service(
+            &mut group,
+            &rt,
+            "distributed-circuit-breaker (RedisStore)",
+            on_redis,
+        );
     } else {
         eprintln!("redis-server not found: skipping the RedisStore benchmark");
     }
@@ -135,18 +133,7 @@ fn overhead(c: &mut Criterion) {
         .build()
         .unwrap();
     let theirs = rt.block_on(async { resilience.layer(Plain) });
-    group.bench_function("tower-resilience-circuitbreaker", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let mut svc = theirs.clone();
-            async move {
-                let start = Instant::now();
-                for i in 0..iters {
-                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.unwrap());
-                }
-                start.elapsed()
-            }
-        })
-    });
+    bench_service(&mut group, &rt, "tower-resilience-circuitbreaker", theirs);
     group.finish();
 
     let mut group = c.benchmark_group("open_call");
@@ -160,18 +147,12 @@ fn overhead(c: &mut Criterion) {
         layer
     });
     let rejected = open.layer(Plain);
-    group.bench_function("distributed-circuit-breaker (rejected)", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let mut svc = rejected.clone();
-            async move {
-                let start = Instant::now();
-                for i in 0..iters {
-                    black_box(svc.ready().await.unwrap().call(black_box(i)).await.is_err());
-                }
-                start.elapsed()
-            }
-        })
-    });
+    bench_service(
+        &mut group,
+        &rt,
+        "distributed-circuit-breaker (rejected)",
+        rejected,
+    );
     group.finish();
 }
 

@@ -36,6 +36,28 @@ where
     svc.call(()).await.map_err(BreakerError::from)
 }
 
+type Svc = distributed_circuit_breaker::DistributedCircuitBreaker<
+    Dependency,
+    distributed_circuit_breaker::ErrorsAsFailures,
+>;
+
+/// A breaker that tripped on one failure and whose break is over: the next
+/// call is a probe. The dependency is still down.
+async fn tripped_and_broken() -> (Dependency, distributed_circuit_breaker::Breaker, Svc) {
+    let dep = Dependency::new();
+    let layer = layer(1, &MemoryStore::new());
+    let breaker = layer.breaker();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
+    dep.set_down(true);
+    let _ = call(&mut svc).await;
+    settle(Duration::from_millis(50)).await;
+    assert_eq!(breaker.snapshot().state, State::Open);
+    tokio::time::advance(BREAK).await;
+    (dep, breaker, svc)
+}
+
 #[tokio::test(start_paused = true)]
 async fn trips_after_threshold_and_rejects_without_calling_inner() {
     let dep = Dependency::new();
@@ -114,17 +136,8 @@ async fn one_probe_after_the_break_and_success_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_probe_reopens() {
-    let dep = Dependency::new();
-    let layer = layer(1, &MemoryStore::new());
-    let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .service(dep.clone());
-    dep.set_down(true);
-    let _ = call(&mut svc).await;
-    settle(Duration::from_millis(50)).await;
+    let (_dep, breaker, mut svc) = tripped_and_broken().await;
     let opened = breaker.snapshot().generation;
-    tokio::time::advance(BREAK).await;
     assert!(
         matches!(call(&mut svc).await, Err(BreakerError::Inner(_))),
         "the probe reaches the dependency"
@@ -137,17 +150,7 @@ async fn failed_probe_reopens() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_probe_returns_its_permit() {
-    let dep = Dependency::new();
-    let layer = layer(1, &MemoryStore::new());
-    let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .service(dep.clone());
-    dep.set_down(true);
-    let _ = call(&mut svc).await;
-    settle(Duration::from_millis(50)).await;
-    tokio::time::advance(BREAK).await;
-
+    let (dep, breaker, mut svc) = tripped_and_broken().await;
     dep.set_down(false);
     dep.set_delay(Duration::from_secs(60));
     ServiceExt::<()>::ready(&mut svc).await.unwrap();
@@ -169,16 +172,7 @@ async fn dropped_probe_returns_its_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn a_service_dropped_after_poll_ready_returns_its_permit() {
-    let dep = Dependency::new();
-    let layer = layer(1, &MemoryStore::new());
-    let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .service(dep.clone());
-    dep.set_down(true);
-    let _ = call(&mut svc).await;
-    settle(Duration::from_millis(50)).await;
-    tokio::time::advance(BREAK).await;
+    let (dep, breaker, mut svc) = tripped_and_broken().await;
     dep.set_down(false);
 
     let mut holder = svc.clone();
