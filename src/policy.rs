@@ -47,22 +47,8 @@ pub const MAX_WINDOW_BUCKETS: u32 = 120;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    consecutive_failures: Option<u32>,
-    failure_rate: Option<f64>,
-    slow_call_rate: Option<f64>,
-    slow_call_duration: Option<Duration>,
-    minimum_calls: u32,
-    window: Duration,
-    window_buckets: u32,
-    break_duration: Duration,
-    backoff: Option<(f64, Duration)>,
-    jitter: f64,
-    half_open_permits: u32,
-    successes_to_close: u32,
-    probe_lease: Duration,
-    key_ttl: Duration,
-    sync_interval: Duration,
-    store_timeout: Duration,
+    /// The validated settings, as they were given.
+    settings: PolicyBuilder,
     params: Params,
 }
 
@@ -95,83 +81,85 @@ impl Policy {
 
     /// Failures in a row that trip the breaker, if that rule is on.
     pub fn consecutive_failures(&self) -> Option<u32> {
-        self.consecutive_failures
+        self.settings.consecutive_failures
     }
 
     /// Failure share over the window that trips the breaker, if that rule is on.
     pub fn failure_rate(&self) -> Option<f64> {
-        self.failure_rate
+        self.settings.failure_rate
     }
 
     /// Slow-call share over the window that trips the breaker, if that rule is on.
     pub fn slow_call_rate(&self) -> Option<f64> {
-        self.slow_call_rate
+        self.settings.slow_call_rate
     }
 
     /// Calls at least this long count as slow.
     pub fn slow_call_duration(&self) -> Option<Duration> {
-        self.slow_call_duration
+        self.settings.slow_call_duration
     }
 
     /// Calls the window must hold before a rate rule may trip.
     pub fn minimum_calls(&self) -> u32 {
-        self.minimum_calls
+        self.settings.minimum_calls
     }
 
     /// Length of the sliding window of the rate rules.
     pub fn window(&self) -> Duration {
-        self.window
+        self.settings.window
     }
 
     /// How long the breaker stays open the first time it opens.
     pub fn break_duration(&self) -> Duration {
-        self.break_duration
+        self.settings.break_duration
     }
 
     /// Exponential backoff of the break as `(multiplier, maximum)`, if on.
     pub fn backoff(&self) -> Option<(f64, Duration)> {
-        self.backoff
+        self.settings.backoff
     }
 
     /// Up to this share of a break is cut at random.
     pub fn jitter(&self) -> f64 {
-        self.jitter
+        self.settings.jitter
     }
 
     /// Probes allowed at once in half-open, across the whole fleet.
     pub fn half_open_permits(&self) -> u32 {
-        self.half_open_permits
+        self.settings.half_open_permits
     }
 
     /// Successful probes needed to close.
     pub fn successes_to_close(&self) -> u32 {
-        self.successes_to_close
+        self.settings.successes_to_close
     }
 
     /// After this long a probe that has not reported back loses its permit.
     pub fn probe_lease(&self) -> Duration {
-        self.probe_lease
+        self.settings.probe_lease
     }
 
     /// A breaker nobody touched for this long is forgotten by the store.
     pub fn key_ttl(&self) -> Duration {
-        self.key_ttl
+        self.settings.key_ttl
     }
 
     /// How often a process hands its counted outcomes to the store and refreshes
     /// its view of the shared state.
     pub fn sync_interval(&self) -> Duration {
-        self.sync_interval
+        self.settings.sync_interval
     }
 
     /// The longest any request waits on the store.
     pub fn store_timeout(&self) -> Duration {
-        self.store_timeout
+        self.settings.store_timeout
     }
 
     /// The longest break the backoff can reach.
     pub fn max_break_duration(&self) -> Duration {
-        self.backoff.map_or(self.break_duration, |(_, max)| max)
+        self.settings
+            .backoff
+            .map_or(self.settings.break_duration, |(_, max)| max)
     }
 
     pub(crate) fn params(&self) -> &Params {
@@ -197,7 +185,7 @@ impl Default for Policy {
 /// `window(10s)` in `10` buckets, `break_duration(5s)`, no backoff, no jitter,
 /// `half_open_permits(1)`, `successes_to_close(1)`, `probe_lease(10s)`,
 /// `key_ttl(1h)`, `sync_interval(1s)`, `store_timeout(50ms)`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyBuilder {
     consecutive_failures: Option<u32>,
     failure_rate: Option<f64>,
@@ -472,22 +460,7 @@ impl PolicyBuilder {
             sync_ms: millis(self.sync_interval),
         };
         Ok(Policy {
-            consecutive_failures: self.consecutive_failures,
-            failure_rate: self.failure_rate,
-            slow_call_rate: self.slow_call_rate,
-            slow_call_duration: self.slow_call_duration,
-            minimum_calls: self.minimum_calls,
-            window: self.window,
-            window_buckets: self.window_buckets,
-            break_duration: self.break_duration,
-            backoff: self.backoff,
-            jitter: self.jitter,
-            half_open_permits: self.half_open_permits,
-            successes_to_close: self.successes_to_close,
-            probe_lease: self.probe_lease,
-            key_ttl: self.key_ttl,
-            sync_interval: self.sync_interval,
-            store_timeout: self.store_timeout,
+            settings: self,
             params,
         })
     }
