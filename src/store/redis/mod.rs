@@ -81,6 +81,8 @@ pub struct RedisStoreBuilder {
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    #[cfg(feature = "redis-tls")]
+    root_certificate: Option<Vec<u8>>,
 }
 
 impl Default for RedisStoreBuilder {
@@ -89,6 +91,8 @@ impl Default for RedisStoreBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
+            #[cfg(feature = "redis-tls")]
+            root_certificate: None,
         }
     }
 }
@@ -115,14 +119,24 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects to one Redis server: `redis://[user:password@]host:port[/db]`.
+    /// Trusts the PEM certificate(s) in `pem` for `rediss://` connections
+    /// instead of the system's roots (a private CA, a self-signed server).
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificate = Some(pem.into());
+        self
+    }
+
+    /// Connects to one Redis server: `redis://[user:password@]host:port[/db]`,
+    /// or `rediss://...` over TLS with the `redis-tls` feature.
     ///
     /// Fails with a clear error, within the connect timeout, on a malformed URL,
     /// an unreachable server, a wrong password, or a user not allowed the
     /// commands the store needs.
     pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
         self.check()?;
-        let client = open_client(url)?;
+        let client = self.open_client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -149,7 +163,7 @@ impl RedisStoreBuilder {
         }
         let clients = nodes
             .iter()
-            .map(|url| open_client(url))
+            .map(|url| self.open_client(url))
             .collect::<Result<Vec<_>, _>>()?;
         let cluster = redis::cluster::ClusterClient::builder(nodes.iter().copied())
             .connection_timeout(self.connect_timeout)
@@ -162,6 +176,28 @@ impl RedisStoreBuilder {
             .map_err(|_| unavailable_after(self.connect_timeout))?
             .map_err(map_error)?;
         self.finish(Connection::Cluster(connection), clients).await
+    }
+
+    fn open_client(&self, url: &str) -> Result<redis::Client, StoreError> {
+        #[cfg(feature = "redis-tls")]
+        {
+            // rustls needs one process-wide crypto provider; ours is ring. An
+            // error only means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if let Some(root) = &self.root_certificate {
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                };
+                return redis::Client::build_with_tls(url, certificates).map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Config,
+                        format!("invalid Redis URL or certificate: {e}"),
+                    )
+                });
+            }
+        }
+        open_client(url)
     }
 
     fn check(&self) -> Result<(), StoreError> {
