@@ -55,6 +55,7 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn called(
         future: F,
         shared: Arc<Shared<C>>,
@@ -84,6 +85,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Rejected { open } => {
@@ -138,11 +140,13 @@ where
 }
 
 impl<C> Call<C> {
+    #[inline(always)]
     fn elapsed(&self) -> std::time::Duration {
         self.started
             .map_or(std::time::Duration::ZERO, |at| at.elapsed())
     }
 
+    #[inline(always)]
     fn finish(self, outcome: Outcome, elapsed: std::time::Duration) {
         let slow = self.is_slow(elapsed);
         self.admission.finish(&self.shared.replica, outcome, slow);
@@ -158,6 +162,7 @@ impl<C> Call<C> {
         });
     }
 
+    #[inline(always)]
     fn is_slow(&self, elapsed: std::time::Duration) -> bool {
         let policy = &self.shared.replica.policy;
         policy

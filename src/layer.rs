@@ -72,6 +72,7 @@ pub(crate) struct Shared<C> {
 impl<C> Shared<C> {
     /// The timer of a call (if a call timeout is set) and whether its duration
     /// must be measured.
+    #[inline(always)]
     pub(crate) fn call_timer<Res, Err>(&self) -> (Option<Pin<Box<Sleep>>>, bool)
     where
         C: Classifier<Res, Err>,

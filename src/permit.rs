@@ -19,6 +19,7 @@ pub(crate) enum Admission {
 
 impl Admission {
     /// Counts the call's outcome (or reports the probe's result).
+    #[inline(always)]
     pub(crate) fn finish(self, replica: &Replica, outcome: Outcome, slow: bool) {
         match self {
             Admission::Pass {

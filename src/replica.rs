@@ -80,7 +80,7 @@ impl Replica {
     }
 
     /// The hot path's admission check.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn peek(self: &Arc<Self>) -> Peek {
         if !self.driver_started.load(Ordering::Relaxed) {
             crate::driver::start(self);
@@ -138,7 +138,7 @@ impl Replica {
     }
 
     /// Counts one outcome observed under `generation`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&self, generation: u64, outcome: Outcome, slow: bool) {
         let (_, current) = unpack(self.snapshot.load(Ordering::Relaxed));
         // Counted under a state that is gone: the store would drop it. Calls

@@ -45,6 +45,9 @@ pub struct DistributedCircuitBreaker<S, C> {
 enum Readiness {
     /// Nothing decided: `call` decides from the breaker's state.
     Idle,
+    /// The next call passes a closed breaker (the hot path: plain data, no
+    /// drop glue).
+    Pass { generation: u64, count: bool },
     /// Asking the store for a probe permit. The mutex is never locked (only
     /// `get_mut` is used); it makes the service `Sync`, which axum requires,
     /// around a future that is only `Send`.
@@ -97,14 +100,13 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             match &mut self.readiness {
                 Readiness::Idle => {
                     self.readiness = match self.shared.replica.peek() {
-                        Peek::Pass { generation, count } => {
-                            Readiness::Admitted(Admission::Pass { generation, count })
-                        }
+                        Peek::Pass { generation, count } => Readiness::Pass { generation, count },
                         Peek::Reject { state, retry_after } => {
                             let open = self.shared.replica.open_error(state, retry_after);
                             Readiness::Rejected(Box::new(open))
@@ -122,7 +124,9 @@ where
                         Err(open) => Readiness::Rejected(Box::new(open)),
                     };
                 }
-                Readiness::Admitted(_) => return self.inner.poll_ready(cx).map_err(Into::into),
+                Readiness::Pass { .. } | Readiness::Admitted(_) => {
+                    return self.inner.poll_ready(cx).map_err(Into::into)
+                }
                 Readiness::Rejected(open) => match self.shared.rejection {
                     Rejection::Fail => return Poll::Ready(Ok(())),
                     Rejection::Backpressure => {
@@ -139,7 +143,12 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
+        if let Readiness::Pass { generation, count } = self.readiness {
+            self.readiness = Readiness::Idle;
+            return self.start(request, Admission::Pass { generation, count });
+        }
         let admission = match std::mem::replace(&mut self.readiness, Readiness::Idle) {
             Readiness::Admitted(admission) => admission,
             Readiness::Rejected(open) => return ResponseFuture::rejected(open),
@@ -162,6 +171,18 @@ where
                 }
             },
         };
+        self.start(request, admission)
+    }
+}
+
+impl<S, C> DistributedCircuitBreaker<S, C> {
+    /// Calls the inner service for an admitted request.
+    #[inline(always)]
+    fn start<Req>(&mut self, request: Req, admission: Admission) -> ResponseFuture<S::Future, C>
+    where
+        S: Service<Req>,
+        C: Classifier<S::Response, S::Error>,
+    {
         let (timeout, timed) = self.shared.call_timer();
         ResponseFuture::called(
             self.inner.call(request),
@@ -187,6 +208,7 @@ impl<S: fmt::Debug, C> fmt::Debug for DistributedCircuitBreaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let readiness = match &self.readiness {
             Readiness::Idle => "idle",
+            Readiness::Pass { .. } => "admitted (closed)",
             Readiness::Acquiring(_) => "acquiring a probe permit",
             Readiness::Admitted(_) => "admitted",
             Readiness::Rejected(_) => "rejected",
