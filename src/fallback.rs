@@ -210,16 +210,7 @@ pub(crate) fn merge(earlier: OutcomeBatch, later: OutcomeBatch) -> OutcomeBatch 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn batch(generation: u64, successes: u32, failures: u32, trailing: u32) -> OutcomeBatch {
-        OutcomeBatch {
-            generation,
-            successes,
-            failures,
-            slow: 0,
-            trailing_failures: trailing,
-        }
-    }
+    use crate::machine::tests::batch;
 
     #[test]
     fn merged_batches_keep_the_run_of_failures() {

@@ -20,7 +20,7 @@ fn consecutive(n: u32) -> Params {
     )
 }
 
-fn batch(generation: u64, successes: u32, failures: u32, trailing: u32) -> OutcomeBatch {
+pub(crate) fn batch(generation: u64, successes: u32, failures: u32, trailing: u32) -> OutcomeBatch {
     OutcomeBatch {
         generation,
         successes,
