@@ -13,11 +13,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::fallback::merge;
 use crate::replica::Replica;
 use crate::store::OutcomeBatch;
-use crate::StoreEvent;
+use crate::{State, StoreEvent};
 
 /// An early flush waits at least `sync_interval / FAST_FLUSH_DIVISOR` after the
 /// previous one, so a burst of failures costs one store call, not one each.
 const FAST_FLUSH_DIVISOR: u32 = 20;
+
+/// An idle closed breaker re-reads the shared state every this many ticks.
+const IDLE_REFRESH_TICKS: u32 = 10;
 
 /// Starts the driver of `replica` if it is not running and a tokio runtime is
 /// at hand; otherwise a later call tries again.
@@ -52,6 +55,7 @@ async fn run(weak: Weak<Replica>) {
     let min_gap = sync / FAST_FLUSH_DIVISOR;
     let mut last_flush: Option<Instant> = None;
     let mut events_open = true;
+    let mut idle_ticks = 0u32;
     loop {
         let why = tokio::select! {
             _ = tick.tick() => Wake::Tick,
@@ -63,9 +67,20 @@ async fn run(weak: Weak<Replica>) {
         };
         match why {
             Wake::Tick => {
+                // A closed breaker without traffic relies on announcements and
+                // re-reads only every few ticks: idle breakers (many keys) cost
+                // the store little.
+                idle_ticks += 1;
+                let busy = replica.has_outcomes()
+                    || replica.current().state != State::Closed
+                    || replica.fallback.is_degraded();
+                let refresh = busy || idle_ticks >= IDLE_REFRESH_TICKS;
+                if refresh {
+                    idle_ticks = 0;
+                }
                 // While a degraded replica waits on the store, failures are
                 // still decided locally at once.
-                let attempt = sync_once(&replica, true);
+                let attempt = sync_once(&replica, refresh);
                 tokio::pin!(attempt);
                 loop {
                     tokio::select! {

@@ -167,6 +167,12 @@ impl Replica {
         }
     }
 
+    /// Whether outcomes wait to be handed to the store.
+    pub(crate) fn has_outcomes(&self) -> bool {
+        let c = &self.counters;
+        c.successes.load(Ordering::Relaxed) != 0 || c.failures.load(Ordering::Relaxed) != 0
+    }
+
     /// Takes the counted outcomes as a batch for the current generation.
     pub(crate) fn take_batch(&self) -> OutcomeBatch {
         let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));

@@ -205,6 +205,9 @@ async fn garbage_in_redis_is_survived() {
     // newer generation.
     let generation = fleet[0].breaker.snapshot().generation;
     redis.cli(&["HSET", key, "st", "banana", "g", "-3"]);
+    for i in &fleet {
+        assert_eq!(i.call().await, Call::Ok); // its outcome goes to the store
+    }
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(redis.cli(&["HGET", key, "st"]), "0");
     for i in &fleet {
@@ -214,6 +217,9 @@ async fn garbage_in_redis_is_survived() {
     }
     redis.cli(&["HSET", key, "st", "9"]);
     redis.cli(&["HSET", key, "w", "1:2:x"]);
+    for i in &fleet {
+        assert_eq!(i.call().await, Call::Ok);
+    }
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(redis.cli(&["HGET", key, "st"]), "0");
 

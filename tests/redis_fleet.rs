@@ -198,3 +198,26 @@ async fn healthy_traffic_costs_a_handful_of_commands_per_sync_interval() {
     // No per-call round trip: a flush or refresh per instance per interval.
     assert!(evalsha * 10 < calls, "{evalsha} EVALSHA for {calls} calls");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_closed_breakers_reread_only_every_ten_intervals() {
+    let redis = RedisServer::start();
+    let dependency = Dependency::new();
+    let fleet = fleet(&redis.url(), "idle", &dependency).await;
+    for svc in &fleet.services {
+        svc.clone().oneshot(()).await.unwrap(); // starts each background task
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = redis.command_calls("evalsha");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let evalsha = redis.command_calls("evalsha") - before;
+    // 10 instances x 20 intervals of 50 ms would be 200 reads; idle, a tenth.
+    assert!(
+        evalsha <= 40,
+        "{evalsha} EVALSHA from 10 idle instances in 1 s"
+    );
+    assert!(
+        evalsha >= 10,
+        "idle breakers still re-read as a backstop: {evalsha}"
+    );
+}
