@@ -42,6 +42,22 @@
 //! [`Classifier`] turns each result into an [`Outcome`]; a [`Store`] holds the
 //! shared state; [`DistributedCircuitBreakerLayer`] puts it all in front of any
 //! `tower::Service`.
+//!
+//! - **Sharing**: [`MemoryStore`] shares breakers within a process; `RedisStore`
+//!   (feature `redis`, on by default; `redis-tls` for `rediss://`) shares them
+//!   across a fleet, on one Redis or a Redis Cluster.
+//! - **Keys**: [`DistributedCircuitBreakerLayer::key_by`] gives one breaker per
+//!   downstream host ([`ByAuthority`]), route (`ByMatchedPath`, feature `axum`),
+//!   header ([`ByHeader`]) or closure, with per-key policies ([`PolicySet`],
+//!   loadable from configuration with the `serde` feature).
+//! - **Answers**: [`CircuitOpen::http_response`] (503 with `Retry-After`),
+//!   `axum::handle_error` (feature `axum`), or a fallback with [`OnOpenLayer`].
+//! - **Store trouble**: [`StoreFailure`] chooses between deciding locally (the
+//!   default), failing open or failing closed; requests never wait on the
+//!   store longer than the policy's `store_timeout`.
+//! - **Other clients**: [`Breaker::admit`] for any caller; a `reqwest-middleware`
+//!   middleware (feature `reqwest`); tower-http classifiers, with gRPC outcomes
+//!   read from trailers (feature `tower-http`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     clippy::all,
