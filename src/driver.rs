@@ -22,6 +22,9 @@ const FAST_FLUSH_DIVISOR: u32 = 20;
 /// An idle closed breaker re-reads the shared state every this many ticks.
 const IDLE_REFRESH_TICKS: u32 = 10;
 
+/// While the store is unreachable, tries are spaced out up to this many ticks.
+const MAX_RETRY_TICKS: u32 = 8;
+
 /// Starts the driver of `replica` if it is not running and a tokio runtime is
 /// at hand; otherwise a later call tries again.
 pub(crate) fn start(replica: &Arc<Replica>) {
@@ -56,6 +59,9 @@ async fn run(weak: Weak<Replica>) {
     let mut last_flush: Option<Instant> = None;
     let mut events_open = true;
     let mut idle_ticks = 0u32;
+    // Ticks between tries while the store is unreachable, and ticks to go.
+    let mut retry_wait = 1u32;
+    let mut retry_in = 0u32;
     loop {
         let why = tokio::select! {
             _ = tick.tick() => Wake::Tick,
@@ -66,6 +72,11 @@ async fn run(weak: Weak<Replica>) {
             return;
         };
         match why {
+            Wake::Tick if replica.fallback.is_degraded() && retry_in > 0 => {
+                // Backing off from an unreachable store; decide locally meanwhile.
+                retry_in -= 1;
+                decide_locally(&replica, replica.take_batch());
+            }
             Wake::Tick => {
                 // A closed breaker without traffic relies on announcements and
                 // re-reads only every few ticks: idle breakers (many keys) cost
@@ -89,6 +100,15 @@ async fn run(weak: Weak<Replica>) {
                             decide_locally(&replica, replica.take_batch());
                         }
                     }
+                }
+                // Still unreachable: wait twice as many ticks before the next
+                // try (up to MAX_RETRY_TICKS), so a struggling store is not
+                // hammered by a whole fleet.
+                if replica.fallback.is_degraded() {
+                    retry_wait = (retry_wait * 2).min(MAX_RETRY_TICKS);
+                    retry_in = retry_wait - 1;
+                } else {
+                    retry_wait = 1;
                 }
             }
             Wake::Flush => {

@@ -289,3 +289,142 @@ async fn fail_open_and_fail_closed_modes() {
         );
     }
 }
+
+/// Counts the calls a breaker makes to its (real) store.
+#[derive(Debug)]
+struct Counting {
+    inner: distributed_circuit_breaker::RedisStore,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counting {
+    fn count(&self) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl distributed_circuit_breaker::Store for Counting {
+    fn record<'a>(
+        &'a self,
+        name: &'a distributed_circuit_breaker::BreakerName,
+        policy: &'a distributed_circuit_breaker::Policy,
+        batch: distributed_circuit_breaker::store::OutcomeBatch,
+    ) -> distributed_circuit_breaker::store::StoreFuture<'a, distributed_circuit_breaker::Snapshot>
+    {
+        self.count();
+        self.inner.record(name, policy, batch)
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a distributed_circuit_breaker::BreakerName,
+        policy: &'a distributed_circuit_breaker::Policy,
+    ) -> distributed_circuit_breaker::store::StoreFuture<
+        'a,
+        distributed_circuit_breaker::store::Acquired,
+    > {
+        self.count();
+        self.inner.acquire(name, policy)
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a distributed_circuit_breaker::BreakerName,
+        policy: &'a distributed_circuit_breaker::Policy,
+        generation: u64,
+        lease: u64,
+        result: distributed_circuit_breaker::store::ProbeResult,
+    ) -> distributed_circuit_breaker::store::StoreFuture<'a, distributed_circuit_breaker::Snapshot>
+    {
+        self.count();
+        self.inner.release(name, policy, generation, lease, result)
+    }
+
+    fn force<'a>(
+        &'a self,
+        name: &'a distributed_circuit_breaker::BreakerName,
+        policy: &'a distributed_circuit_breaker::Policy,
+        force: distributed_circuit_breaker::Force,
+    ) -> distributed_circuit_breaker::store::StoreFuture<'a, distributed_circuit_breaker::Snapshot>
+    {
+        self.count();
+        self.inner.force(name, policy, force)
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        name: &'a distributed_circuit_breaker::BreakerName,
+        policy: &'a distributed_circuit_breaker::Policy,
+    ) -> distributed_circuit_breaker::store::StoreFuture<'a, distributed_circuit_breaker::Snapshot>
+    {
+        self.count();
+        self.inner.snapshot(name, policy)
+    }
+
+    fn list(
+        &self,
+    ) -> distributed_circuit_breaker::store::StoreFuture<
+        '_,
+        Vec<(String, distributed_circuit_breaker::Snapshot)>,
+    > {
+        self.inner.list()
+    }
+
+    fn subscribe(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<distributed_circuit_breaker::StoreEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_retried_with_backoff() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut redis = RedisServer::start();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let store = Counting {
+        inner: distributed_circuit_breaker::RedisStore::connect(&redis.url())
+            .await
+            .unwrap(),
+        calls: calls.clone(),
+    };
+    let layer = distributed_circuit_breaker::DistributedCircuitBreakerLayer::new(
+        "backoff",
+        support::fleet::policy(),
+        store,
+    )
+    .unwrap();
+    let breaker = layer.breaker();
+    let dep = Dependency::new();
+    let svc = tower::Layer::layer(&layer, dep.clone());
+    tower::ServiceExt::oneshot(svc.clone(), ()).await.unwrap();
+
+    redis.kill();
+    // One call with traffic flushes, finds the store gone, degrades.
+    for _ in 0..50 {
+        tower::ServiceExt::oneshot(svc.clone(), ()).await.unwrap();
+        if breaker.is_degraded() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(breaker.is_degraded());
+    let before = calls.load(Ordering::SeqCst);
+    // 40 sync intervals of 50 ms: a try every tick would be 40.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tries = calls.load(Ordering::SeqCst) - before;
+    assert!((3..=12).contains(&tries), "{tries} tries in 40 intervals");
+
+    redis.restart();
+    wait_until_recovered(&breaker).await;
+}
+
+async fn wait_until_recovered(breaker: &distributed_circuit_breaker::Breaker) {
+    for _ in 0..300 {
+        if !breaker.is_degraded() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the breaker never followed the store again");
+}
