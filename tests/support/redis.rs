@@ -23,17 +23,23 @@ impl RedisServer {
 
     /// A fresh server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("dcb-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir for redis-server");
-        let mut server = RedisServer {
-            port,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        server.spawn();
-        server
+        // A free port can be taken by another test between the check and the
+        // bind: then this server dies at once and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("dcb-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir for redis-server");
+            let mut server = RedisServer {
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port");
     }
 
     pub fn port(&self) -> u16 {
@@ -45,6 +51,15 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server on port {} did not start",
+            self.port
+        );
+    }
+
+    /// Starts the process and waits until it answers; `false` if it died.
+    fn try_spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
         command
             .arg("--port")
@@ -59,18 +74,39 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
+    /// Waits until our own process answers on our port.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            let exited = match self.child.as_mut() {
+                Some(child) => !matches!(child.try_wait(), Ok(None)),
+                None => true,
+            };
+            if exited {
+                self.child = None;
+                return false;
+            }
             if self.ping() {
-                return;
+                // Make sure the answer was ours: a process that lost the port
+                // exits right away.
+                std::thread::sleep(Duration::from_millis(50));
+                let alive = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+                if alive {
+                    return true;
+                }
+                self.child = None;
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        self.kill();
+        false
     }
 
     fn ping(&self) -> bool {
