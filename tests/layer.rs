@@ -41,15 +41,21 @@ type Svc = distributed_circuit_breaker::DistributedCircuitBreaker<
     distributed_circuit_breaker::ErrorsAsFailures,
 >;
 
+/// A dependency behind a fresh breaker tripping after `threshold` failures.
+fn guarded(threshold: u32) -> (Dependency, distributed_circuit_breaker::Breaker, Svc) {
+    let dep = Dependency::new();
+    let layer = layer(threshold, &MemoryStore::new());
+    let breaker = layer.breaker();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(dep.clone());
+    (dep, breaker, svc)
+}
+
 /// A breaker that tripped on one failure and whose break is over: the next
 /// call is a probe. The dependency is still down.
 async fn tripped_and_broken() -> (Dependency, distributed_circuit_breaker::Breaker, Svc) {
-    let dep = Dependency::new();
-    let layer = layer(1, &MemoryStore::new());
-    let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .service(dep.clone());
+    let (dep, breaker, mut svc) = guarded(1);
     dep.set_down(true);
     let _ = call(&mut svc).await;
     settle(Duration::from_millis(50)).await;
@@ -60,12 +66,7 @@ async fn tripped_and_broken() -> (Dependency, distributed_circuit_breaker::Break
 
 #[tokio::test(start_paused = true)]
 async fn trips_after_threshold_and_rejects_without_calling_inner() {
-    let dep = Dependency::new();
-    let layer = layer(3, &MemoryStore::new());
-    let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .service(dep.clone());
+    let (dep, breaker, mut svc) = guarded(3);
 
     assert_eq!(call(&mut svc).await.unwrap(), "ok");
     dep.set_down(true);
@@ -376,12 +377,7 @@ async fn operators_force_states_fleet_wide() {
 
 #[tokio::test(start_paused = true)]
 async fn forced_open_expires_back_to_closed() {
-    let dep = Dependency::new();
-    let layer = layer(1, &MemoryStore::new());
-    let breaker = layer.breaker();
-    let mut svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .service(dep.clone());
+    let (_dep, breaker, mut svc) = guarded(1);
     breaker
         .force(Force::Open(Some(Duration::from_secs(3))))
         .await
