@@ -27,7 +27,9 @@ pub enum StoreFailure {
     Local,
     /// Let every call through while the store is unreachable.
     FailOpen,
-    /// Reject every call while the store is unreachable.
+    /// Reject every call while the store is unreachable (the
+    /// [`CircuitOpen`](crate::CircuitOpen) says [`State::ForcedOpen`] and
+    /// retry after one sync interval).
     FailClosed,
 }
 
