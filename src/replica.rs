@@ -201,8 +201,7 @@ impl Replica {
                 return;
             }
             // The deadline is written before the state it belongs to is published.
-            let deadline = self.now_nanos().saturating_add(nanos(snapshot.remaining));
-            self.deadline.store(deadline, Ordering::Release);
+            self.set_deadline(snapshot.remaining);
             let next = pack(snapshot.state, snapshot.generation);
             match self.snapshot.compare_exchange_weak(
                 current,
@@ -333,10 +332,7 @@ impl Replica {
     pub(crate) fn store_back(&self, snapshot: Snapshot) {
         if self.fallback.leave() {
             tracing::info!(breaker = %self.name, state = %snapshot.state, "store reachable again; following the shared state");
-            let deadline = self.now_nanos().saturating_add(nanos(snapshot.remaining));
-            self.deadline.store(deadline, Ordering::Release);
-            self.snapshot
-                .store(pack(snapshot.state, snapshot.generation), Ordering::Release);
+            self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
         } else {
             self.apply(snapshot);
         }
@@ -354,10 +350,22 @@ impl Replica {
     /// (same generation or newer) replaces it.
     pub(crate) fn apply_local(&self, local: Snapshot) {
         let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
-        let deadline = self.now_nanos().saturating_add(nanos(local.remaining));
-        self.deadline.store(deadline, Ordering::Release);
+        self.overwrite(local.state, generation, local.remaining);
+    }
+
+    /// Publishes a state whatever the generation held (only degraded mode,
+    /// entering or leaving, may do that).
+    fn overwrite(&self, state: State, generation: u64, remaining: Duration) {
+        self.set_deadline(remaining);
         self.snapshot
-            .store(pack(local.state, generation), Ordering::Release);
+            .store(pack(state, generation), Ordering::Release);
+    }
+
+    /// Ends the current rejection `remaining` from now; written before the
+    /// state it belongs to is published.
+    fn set_deadline(&self, remaining: Duration) {
+        let deadline = self.now_nanos().saturating_add(nanos(remaining));
+        self.deadline.store(deadline, Ordering::Release);
     }
 
     pub(crate) fn open_error(&self, state: State, retry_after: Duration) -> CircuitOpen {

@@ -200,17 +200,17 @@ impl Store for MemoryStore {
         let now = self.now();
         let mut breakers = self.lock();
         breakers.map.retain(|_, entry| entry.expires_at > now);
+        // `list` knows no policy: it reports only the end of a break or of a
+        // forced state (zero for half-open and for forced states without an
+        // expiry), as the Redis store's `list` does.
+        let params = Params {
+            permits: u32::MAX,
+            ..Params::default()
+        };
         let mut all: Vec<_> = breakers
             .map
             .iter()
             .map(|(name, entry)| {
-                // The snapshot's `remaining` for a full half-open breaker is capped
-                // by the sync interval, which `list` does not know; report the
-                // plain lease time instead.
-                let params = Params {
-                    permits: u32::MAX,
-                    ..Params::default()
-                };
                 (
                     name.as_str().to_owned(),
                     entry.machine.snapshot(&params, now),
