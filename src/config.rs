@@ -57,6 +57,8 @@ pub struct PolicyConfig {
     pub sync_interval: Option<String>,
     /// See [`PolicyBuilder::store_timeout`].
     pub store_timeout: Option<String>,
+    /// See [`PolicyBuilder::fleet_quorum`].
+    pub fleet_quorum: Option<u32>,
 }
 
 /// A [`PolicySet`] as configuration: a default and overrides by key pattern.
@@ -134,6 +136,9 @@ impl PolicyConfig {
         if let Some(n) = self.successes_to_close {
             b = b.successes_to_close(n);
         }
+        if let Some(n) = self.fleet_quorum {
+            b = b.fleet_quorum(n);
+        }
         type Setter = fn(PolicyBuilder, Duration) -> PolicyBuilder;
         let durations: [(&'static str, &Option<String>, Setter); 7] = [
             (
@@ -208,7 +213,8 @@ impl PolicyConfig {
             probe_lease,
             key_ttl,
             sync_interval,
-            store_timeout
+            store_timeout,
+            fleet_quorum
         )
     }
 }

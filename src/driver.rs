@@ -6,6 +6,7 @@
 //! every layer and service of its breaker is dropped.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -15,9 +16,14 @@ use crate::replica::Replica;
 use crate::store::OutcomeBatch;
 use crate::{State, StoreEvent};
 
-/// An early flush waits at least `sync_interval / FAST_FLUSH_DIVISOR` after the
-/// previous one, so a burst of failures costs one store call, not one each.
-const FAST_FLUSH_DIVISOR: u32 = 20;
+/// Early flushes (a failure, or a success that ended a run of failures) are
+/// spaced by a gap that starts at `FIRST_GAP` and doubles with each early
+/// flush within one sync interval, up to `sync_interval / MAX_GAP_DIVISOR`:
+/// the first failures of an outage reach the store within milliseconds, while
+/// a steady trickle of failures costs about as few store calls as a fixed gap
+/// of `sync_interval / 20` would. A local trip is reported at once.
+const FIRST_GAP: Duration = Duration::from_millis(2);
+const MAX_GAP_DIVISOR: u32 = 20;
 
 /// An idle closed breaker re-reads the shared state every this many ticks.
 const IDLE_REFRESH_TICKS: u32 = 10;
@@ -55,7 +61,8 @@ async fn run(weak: Weak<Replica>) {
     };
     let mut tick = tokio::time::interval(sync);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let min_gap = sync / FAST_FLUSH_DIVISOR;
+    let max_gap = (sync / MAX_GAP_DIVISOR).max(FIRST_GAP);
+    let mut early_flushes = 0u32;
     let mut last_flush: Option<Instant> = None;
     let mut events_open = true;
     let mut idle_ticks = 0u32;
@@ -80,10 +87,15 @@ async fn run(weak: Weak<Replica>) {
             Wake::Tick => {
                 // A closed breaker without traffic relies on announcements and
                 // re-reads only every few ticks: idle breakers (many keys) cost
-                // the store little.
+                // the store little. A replica that never heard from the store
+                // asks at once.
                 idle_ticks += 1;
+                early_flushes = 0;
+                let current = replica.current();
                 let busy = replica.has_outcomes()
-                    || replica.current().state != State::Closed
+                    || current.state != State::Closed
+                    || current.generation == 0
+                    || replica.is_local()
                     || replica.fallback.is_degraded();
                 let refresh = busy || idle_ticks >= IDLE_REFRESH_TICKS;
                 if refresh {
@@ -112,8 +124,14 @@ async fn run(weak: Weak<Replica>) {
                 }
             }
             Wake::Flush => {
-                if let Some(wait) = last_flush.map(|at| min_gap.saturating_sub(at.elapsed())) {
-                    tokio::time::sleep(wait).await;
+                if !replica.trip_pending() {
+                    let gap = FIRST_GAP
+                        .saturating_mul(1 << early_flushes.min(16))
+                        .min(max_gap);
+                    early_flushes = early_flushes.saturating_add(1);
+                    if let Some(at) = last_flush {
+                        wait_unless_tripped(&replica, &wake, at + gap).await;
+                    }
                 }
                 sync_once(&replica, false).await;
             }
@@ -133,6 +151,25 @@ async fn run(weak: Weak<Replica>) {
             }
         }
         last_flush = Some(Instant::now());
+    }
+}
+
+/// Waits until `until`, or less if a local trip needs reporting.
+async fn wait_unless_tripped(replica: &Replica, wake: &tokio::sync::Notify, until: Instant) {
+    if until <= Instant::now() {
+        return;
+    }
+    let sleep = tokio::time::sleep_until(until);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return,
+            () = wake.notified() => {
+                if replica.trip_pending() {
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -163,12 +163,19 @@ impl Fallback {
     }
 
     /// Keeps outcomes the store could not take, to hand over on recovery.
-    /// They count toward whatever generation is current then (generation 0).
+    /// They count toward the window of whatever generation is current then
+    /// (generation 0), but neither extend nor break the fleet's run of
+    /// failures (their times are not known any more), and a local trip in
+    /// them is not replayed.
     pub(crate) fn keep_backlog(&self, batch: OutcomeBatch) {
         let mut backlog = self.backlog();
+        let merged = merge(*backlog, batch);
         *backlog = OutcomeBatch {
             generation: 0,
-            ..merge(*backlog, batch)
+            success_age_ms: OutcomeBatch::UNKNOWN_AGE,
+            run_age_ms: OutcomeBatch::UNKNOWN_AGE,
+            tripped: false,
+            ..merged
         };
     }
 
@@ -206,6 +213,10 @@ pub(crate) fn merge(earlier: OutcomeBatch, later: OutcomeBatch) -> OutcomeBatch 
         } else {
             earlier.trailing_failures.saturating_add(later.failures)
         },
+        success_age_ms: OutcomeBatch::UNKNOWN_AGE,
+        run_age_ms: OutcomeBatch::UNKNOWN_AGE,
+        instance: later.instance,
+        tripped: false,
     }
 }
 
@@ -218,14 +229,13 @@ mod tests {
     fn merged_batches_keep_the_run_of_failures() {
         let empty = OutcomeBatch::default();
         assert_eq!(merge(empty, batch(7, 1, 2, 2)), batch(7, 1, 2, 2));
-        assert_eq!(
-            merge(batch(0, 1, 2, 2), batch(7, 0, 3, 3)),
-            batch(0, 1, 5, 5)
-        );
-        assert_eq!(
-            merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1)),
-            batch(0, 3, 5, 1)
-        );
+        let counts = |b: OutcomeBatch| (b.generation, b.successes, b.failures, b.trailing_failures);
+        assert_eq!(counts(merge(batch(0, 1, 2, 2), batch(7, 0, 3, 3))), (0, 1, 5, 5));
+        assert_eq!(counts(merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1))), (0, 3, 5, 1));
+        // Merged outcomes no longer know when they happened.
+        let merged = merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1));
+        assert_eq!(merged.success_age_ms, OutcomeBatch::UNKNOWN_AGE);
+        assert_eq!(merged.run_age_ms, OutcomeBatch::UNKNOWN_AGE);
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl DistributedCircuitBreakerLayer {
     pub fn with_store(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                replica: Arc::new(Replica::new(name, policy, store)),
+                replica: Replica::spawn(name, policy, store),
                 classifier: ErrorsAsFailures,
                 call_timeout: None,
                 rejection: Rejection::Fail,

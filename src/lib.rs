@@ -85,6 +85,7 @@ mod future;
 mod key;
 pub mod keyed;
 mod layer;
+mod local;
 mod machine;
 mod on_open;
 mod permit;

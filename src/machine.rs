@@ -22,6 +22,16 @@ pub(crate) struct Lease {
     pub(crate) deadline: u64,
 }
 
+/// An instance the store heard from, and when (store clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub(crate) instance: u64,
+    pub(crate) at: u64,
+}
+
+/// The most instances a quorum may ask for; bounds the lists the store keeps.
+pub(crate) const MAX_QUORUM: u32 = 16;
+
 /// One slice of the sliding window; `index` is `time / bucket_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Bucket {
@@ -41,7 +51,18 @@ pub(crate) struct Machine {
     pub(crate) forced_until: u64,
     /// Opens since the breaker last closed, for the backoff.
     pub(crate) opens: u32,
+    /// The fleet's run of consecutive failures, merged by time across batches.
     pub(crate) consecutive: u64,
+    /// When the run started (store clock); meaningful while `consecutive > 0`.
+    pub(crate) run_start: u64,
+    /// The latest success any batch proved (store clock): a run that started
+    /// before it is broken.
+    pub(crate) last_success: u64,
+    /// Instances that reported failures, and when last (kept only when the
+    /// policy's quorum is above one, pruned to the window).
+    pub(crate) failing: Vec<Seen>,
+    /// Instances that tripped their own breaker, and when (likewise).
+    pub(crate) tripped: Vec<Seen>,
     pub(crate) probe_successes: u32,
     pub(crate) next_lease: u64,
     pub(crate) leases: Vec<Lease>,
@@ -60,6 +81,10 @@ impl Machine {
             forced_until: 0,
             opens: 0,
             consecutive: 0,
+            run_start: 0,
+            last_success: 0,
+            failing: Vec::new(),
+            tripped: Vec::new(),
             probe_successes: 0,
             next_lease: 1,
             leases: Vec::new(),
@@ -111,7 +136,7 @@ impl Machine {
         match self.state {
             State::Closed => {
                 self.count(p, now, batch);
-                if self.should_trip(p, now) {
+                if self.should_trip(p, now, batch.tripped) {
                     self.open(p, now, rand16);
                 }
             }
@@ -198,11 +223,39 @@ impl Machine {
         u32::try_from(live).unwrap_or(u32::MAX)
     }
 
+    /// Merges a batch into the fleet's counts. The run of consecutive
+    /// failures is merged by time, not by arrival: a batch's success breaks
+    /// the run only if it happened after the run started, and a batch's
+    /// trailing failures extend it only if no known success is newer. So a
+    /// batch that still carries successes from before an outage never erases
+    /// the failures other instances reported since.
     fn count(&mut self, p: &Params, now: u64, batch: &OutcomeBatch) {
         if batch.successes > 0 {
-            self.consecutive = u64::from(batch.trailing_failures);
-        } else {
-            self.consecutive += u64::from(batch.failures);
+            let at = now.saturating_sub(batch.success_age_ms);
+            self.last_success = self.last_success.max(at);
+            if self.consecutive > 0 && self.run_start <= self.last_success {
+                self.consecutive = 0;
+            }
+        }
+        if batch.trailing_failures > 0 && batch.run_age_ms < OutcomeBatch::UNKNOWN_AGE {
+            let start = now.saturating_sub(batch.run_age_ms);
+            if start >= self.last_success {
+                self.run_start = if self.consecutive == 0 {
+                    start
+                } else {
+                    self.run_start.min(start)
+                };
+                self.consecutive += u64::from(batch.trailing_failures);
+            }
+        }
+        if p.quorum > 1 {
+            let window = p.bucket_ms * u64::from(p.buckets);
+            if batch.failures > 0 {
+                note(&mut self.failing, batch.instance, now, window);
+            }
+            if batch.tripped {
+                note(&mut self.tripped, batch.instance, now, window);
+            }
         }
         let buckets = p.buckets as usize;
         if self.buckets.len() != buckets {
@@ -221,7 +274,26 @@ impl Machine {
         slot.slow += u64::from(batch.slow);
     }
 
-    fn should_trip(&self, p: &Params, now: u64) -> bool {
+    /// Whether the fleet opens now: on enough distinct local trips, or on the
+    /// fleet's own counts once failures came from enough distinct instances.
+    fn should_trip(&self, p: &Params, now: u64, tripped: bool) -> bool {
+        let window = p.bucket_ms * u64::from(p.buckets);
+        let distinct = |seen: &[Seen]| {
+            let live = seen.iter().filter(|s| s.at + window > now).count();
+            u32::try_from(live).unwrap_or(u32::MAX)
+        };
+        if p.quorum <= 1 {
+            if tripped {
+                return true;
+            }
+        } else {
+            if distinct(&self.tripped) >= p.quorum {
+                return true;
+            }
+            if distinct(&self.failing) < p.quorum {
+                return false;
+            }
+        }
         if p.consecutive > 0 && self.consecutive >= u64::from(p.consecutive) {
             return true;
         }
@@ -262,11 +334,25 @@ impl Machine {
         self.state = state;
         self.generation += 1;
         self.consecutive = 0;
+        self.run_start = 0;
+        self.last_success = 0;
+        self.failing.clear();
+        self.tripped.clear();
         self.probe_successes = 0;
         self.forced_until = 0;
         self.leases.clear();
         self.buckets.clear();
     }
+}
+
+/// Notes that `instance` was seen at `now`, forgetting what left the window;
+/// the list never holds more than [`MAX_QUORUM`] instances (the oldest go).
+fn note(seen: &mut Vec<Seen>, instance: u64, now: u64, window: u64) {
+    seen.retain(|s| s.instance != instance && s.at + window > now);
+    if seen.len() >= MAX_QUORUM as usize {
+        seen.remove(0);
+    }
+    seen.push(Seen { instance, at: now });
 }
 
 /// The break after the `opens`-th open in a row: exponential backoff, capped,

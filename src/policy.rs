@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::machine::MAX_QUORUM;
 use crate::ConfigError;
 
 /// The longest break, window, lease or TTL a policy accepts (one day).
@@ -71,6 +72,7 @@ pub(crate) struct Params {
     pub(crate) lease_ms: u64,
     pub(crate) ttl_ms: u64,
     pub(crate) sync_ms: u64,
+    pub(crate) quorum: u32,
 }
 
 impl Policy {
@@ -155,6 +157,12 @@ impl Policy {
         self.settings.store_timeout
     }
 
+    /// Distinct instances that must trip before the fleet opens (see
+    /// [`PolicyBuilder::fleet_quorum`]).
+    pub fn fleet_quorum(&self) -> u32 {
+        self.settings.fleet_quorum
+    }
+
     /// The longest break the backoff can reach.
     pub fn max_break_duration(&self) -> Duration {
         self.settings
@@ -184,7 +192,7 @@ impl Default for Policy {
 /// Defaults: `consecutive_failures(5)`, no rate rules, `minimum_calls(20)`,
 /// `window(10s)` in `10` buckets, `break_duration(5s)`, no backoff, no jitter,
 /// `half_open_permits(1)`, `successes_to_close(1)`, `probe_lease(10s)`,
-/// `key_ttl(1h)`, `sync_interval(1s)`, `store_timeout(50ms)`.
+/// `key_ttl(1h)`, `sync_interval(1s)`, `store_timeout(50ms)`, `fleet_quorum(1)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyBuilder {
     consecutive_failures: Option<u32>,
@@ -203,6 +211,7 @@ pub struct PolicyBuilder {
     key_ttl: Duration,
     sync_interval: Duration,
     store_timeout: Duration,
+    fleet_quorum: u32,
 }
 
 impl Default for PolicyBuilder {
@@ -224,6 +233,7 @@ impl Default for PolicyBuilder {
             key_ttl: Duration::from_secs(60 * 60),
             sync_interval: Duration::from_secs(1),
             store_timeout: Duration::from_millis(50),
+            fleet_quorum: 1,
         }
     }
 }
@@ -333,6 +343,29 @@ impl PolicyBuilder {
         self
     }
 
+    /// How many distinct instances must trip before the fleet opens.
+    ///
+    /// Every instance judges its own outcomes against the policy at once and
+    /// opens its own breaker on its own trip (never later than a private
+    /// breaker would). With a quorum of `1` (the default) that trip also opens
+    /// the breaker for the whole fleet, and so do the fleet's merged counts.
+    /// With `n > 1`, the fleet opens when `n` distinct instances tripped within
+    /// the `window`, or when the merged counts trip and their failures came
+    /// from at least `n` instances: one instance with a problem of its own (a
+    /// bad network path, a broken pod) opens only itself.
+    ///
+    /// ```
+    /// use distributed_circuit_breaker::Policy;
+    ///
+    /// let policy = Policy::builder().consecutive_failures(5).fleet_quorum(2).build()?;
+    /// assert_eq!(policy.fleet_quorum(), 2);
+    /// # Ok::<(), distributed_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn fleet_quorum(mut self, instances: u32) -> Self {
+        self.fleet_quorum = instances;
+        self
+    }
+
     /// Validates every field and returns the policy, or the first invalid field.
     pub fn build(self) -> Result<Policy, ConfigError> {
         if let Some(n) = self.consecutive_failures {
@@ -426,6 +459,11 @@ impl PolicyBuilder {
         positive_ms("sync_interval", self.sync_interval)?;
         positive_ms("store_timeout", self.store_timeout)?;
         positive_ms("key_ttl", self.key_ttl)?;
+        check(
+            (1..=MAX_QUORUM).contains(&self.fleet_quorum),
+            "fleet_quorum",
+            format!("must be within 1..={MAX_QUORUM}, got {}", self.fleet_quorum),
+        )?;
         let max_break = self.backoff.map_or(self.break_duration, |(_, max)| max);
         let longest = max_break
             .max(self.window)
@@ -458,6 +496,7 @@ impl PolicyBuilder {
             lease_ms: millis(self.probe_lease),
             ttl_ms: millis(self.key_ttl),
             sync_ms: millis(self.sync_interval),
+            quorum: self.fleet_quorum,
         };
         Ok(Policy {
             settings: self,
@@ -543,6 +582,8 @@ mod tests {
             (b().store_timeout(ms(0)), "store_timeout"),
             (b().key_ttl(ms(0)), "key_ttl"),
             (b().key_ttl(ms(1_000)), "key_ttl"),
+            (b().fleet_quorum(0), "fleet_quorum"),
+            (b().fleet_quorum(MAX_QUORUM + 1), "fleet_quorum"),
         ];
         for (builder, field) in cases {
             assert_eq!(field_of(builder), field);

@@ -26,3 +26,12 @@ pub(crate) fn rand16() -> u32 {
         ((z ^ (z >> 31)) >> 48) as u32
     })
 }
+
+/// A random id below 2^52 (exact in the Redis scripts' doubles), never 0.
+pub(crate) fn instance_id() -> u64 {
+    let high = u64::from(rand16());
+    let mid = u64::from(rand16());
+    let low = u64::from(rand16());
+    let top = u64::from(rand16() & 0xF);
+    ((top << 48) | (high << 32) | (mid << 16) | low).max(1)
+}

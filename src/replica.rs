@@ -1,10 +1,13 @@
 //! One process's view of one breaker: the lock-free snapshot the hot path reads
 //! and the counters it writes.
 //!
-//! A closed call costs one atomic load to admit and two or three atomic
+//! A closed call costs one atomic load to admit and one or two atomic
 //! read-modify-writes to record; no lock, no allocation, no store round trip.
-//! The [`driver`](crate::driver) task hands the counters to the store in batches
-//! and feeds snapshots back through [`Replica::apply`].
+//! Every failure is judged here at once against the policy ([`crate::local`]):
+//! a replica opens itself on its own trip, exactly when a private breaker
+//! would, and reports the trip to the store. The [`driver`](crate::driver) task
+//! hands the counters to the store in batches and feeds snapshots back through
+//! [`Replica::apply`].
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,13 +17,20 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::fallback::{Fallback, StoreFailure};
+use crate::local::{LocalWindow, Pending};
+use crate::machine::break_ms;
 use crate::permit::{Admission, ProbePermit};
+use crate::rand::{instance_id, rand16};
 use crate::store::{OutcomeBatch, Store};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
 
-/// Low bits of the packed snapshot that hold the state code.
+/// Low bits of the packed snapshot: the state code, then the local flag.
 const STATE_BITS: u32 = 3;
 const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+/// Set while this replica is open (or probing) on its own judgement while the
+/// store's state, of the same generation, is still closed.
+const LOCAL: u64 = 1 << STATE_BITS;
+const FLAG_BITS: u32 = STATE_BITS + 1;
 
 /// What the hot path decides before calling the inner service.
 #[derive(Debug)]
@@ -39,7 +49,14 @@ struct Counters {
     successes: AtomicU32,
     failures: AtomicU32,
     slow: AtomicU32,
-    trailing_failures: AtomicU32,
+    /// This replica's own run of consecutive failures (not reset by a flush).
+    run: AtomicU32,
+    /// When the run started, and when a success last broke a run (nanoseconds
+    /// since the replica's epoch): the store merges runs by these times.
+    run_started: AtomicU64,
+    run_broken: AtomicU64,
+    /// When the last batch was taken.
+    taken: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -53,6 +70,16 @@ pub(crate) struct Replica {
     deadline: AtomicU64,
     epoch: Instant,
     counters: Counters,
+    /// The rate rules' window of this replica's own outcomes.
+    window: LocalWindow,
+    /// Opens on this replica's own judgement since it last closed (backoff).
+    local_opens: AtomicU32,
+    /// A local trip waits to be reported to the store.
+    trip_pending: AtomicBool,
+    /// This replica's id in the store's quorum counts.
+    instance: u64,
+    /// Wakes calls waiting for the first answer of the store.
+    synced: Notify,
     /// A probe-permit request to the store is in flight from this process.
     probing: AtomicBool,
     /// Wakes the driver for an early flush (a failure was counted).
@@ -68,15 +95,29 @@ impl Replica {
             name,
             policy,
             store,
-            snapshot: AtomicU64::new(pack(Snapshot::INITIAL.state, 0)),
+            snapshot: AtomicU64::new(pack(Snapshot::INITIAL.state, 0, false)),
             deadline: AtomicU64::new(0),
             epoch: Instant::now(),
             counters: Counters::default(),
+            window: LocalWindow::default(),
+            local_opens: AtomicU32::new(0),
+            trip_pending: AtomicBool::new(false),
+            instance: instance_id(),
+            synced: Notify::new(),
             probing: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             driver_started: AtomicBool::new(false),
             fallback: Fallback::new(),
         }
+    }
+
+    /// A replica whose background task starts now (when a tokio runtime is at
+    /// hand; otherwise on the first call), so it reads the shared state before
+    /// its first call needs it.
+    pub(crate) fn spawn(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Arc<Self> {
+        let replica = Arc::new(Self::new(name, policy, store));
+        crate::driver::start(&replica);
+        replica
     }
 
     /// The hot path's admission check.
@@ -87,7 +128,8 @@ impl Replica {
         }
         let packed = self.snapshot.load(Ordering::Acquire);
         let (state, generation) = unpack(packed);
-        if self.fallback.is_degraded() {
+        let degraded = self.fallback.is_degraded();
+        if degraded {
             match self.fallback.mode() {
                 StoreFailure::Local => {}
                 StoreFailure::FailOpen => {
@@ -105,6 +147,9 @@ impl Replica {
             }
         }
         match state {
+            // Never heard from the store: ask it once before admitting
+            // (bounded by `store_timeout`), unless it is known to be away.
+            State::Closed if generation == 0 && !degraded => Peek::NeedsPermit,
             State::Closed | State::ForcedClosed => Peek::Pass {
                 generation,
                 count: true,
@@ -137,13 +182,14 @@ impl Replica {
         self.driver_started.store(false, Ordering::Release);
     }
 
-    /// Counts one outcome observed under `generation`.
+    /// Counts one outcome observed under `generation`, and judges it.
     #[inline(always)]
     pub(crate) fn record(&self, generation: u64, outcome: Outcome, slow: bool) {
-        let (_, current) = unpack(self.snapshot.load(Ordering::Relaxed));
+        let packed = self.snapshot.load(Ordering::Relaxed);
+        let (_, current) = unpack(packed);
         // Counted under a state that is gone: the store would drop it. Calls
-        // admitted before the first sync (generation 0) count toward the first
-        // generation heard of.
+        // admitted before the first sync (generation 0, store unreachable)
+        // count toward the first generation heard of.
         if generation != current && generation != 0 {
             return;
         }
@@ -152,57 +198,204 @@ impl Replica {
             Outcome::Ignore => return,
             Outcome::Success => {
                 c.successes.fetch_add(1, Ordering::Relaxed);
-                c.trailing_failures.store(0, Ordering::Relaxed);
+                if c.run.load(Ordering::Relaxed) != 0 || packed & LOCAL != 0 {
+                    self.success_after_failure();
+                }
             }
             Outcome::Failure => {
                 c.failures.fetch_add(1, Ordering::Relaxed);
-                c.trailing_failures.fetch_add(1, Ordering::Relaxed);
+                let run = c.run.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+                self.failed(run);
             }
         }
         if slow {
             c.slow.fetch_add(1, Ordering::Relaxed);
+            if outcome != Outcome::Failure {
+                self.judge_window();
+                self.wake.notify_one();
+            }
         }
-        if outcome == Outcome::Failure || slow {
+    }
+
+    /// A success that ends a run of failures, or the result of a local probe.
+    #[cold]
+    fn success_after_failure(&self) {
+        let c = &self.counters;
+        if c.run.swap(0, Ordering::Relaxed) != 0 {
+            c.run_broken.store(self.now_nanos(), Ordering::Relaxed);
+            // The fleet's run ends with this success: say so soon.
             self.wake.notify_one();
         }
+        let packed = self.snapshot.load(Ordering::Acquire);
+        let (state, generation) = unpack(packed);
+        if packed & LOCAL != 0 && state == State::HalfOpen {
+            let closed = pack(State::Closed, generation, false);
+            if self
+                .snapshot
+                .compare_exchange(packed, closed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.local_opens.store(0, Ordering::Relaxed);
+                self.window.clear();
+                tracing::debug!(breaker = %self.name, "local probe succeeded; closed again");
+            }
+        }
     }
 
-    /// Whether outcomes wait to be handed to the store.
+    /// Judges a failure at once: the `run`-th in a row here.
+    #[cold]
+    fn failed(&self, run: u32) {
+        let c = &self.counters;
+        if run == 1 {
+            c.run_started.store(self.now_nanos(), Ordering::Relaxed);
+        }
+        let p = self.policy.params();
+        let (state, _) = unpack(self.snapshot.load(Ordering::Acquire));
+        let probing_locally = state == State::HalfOpen && self.is_local();
+        if probing_locally || (p.consecutive > 0 && run >= p.consecutive) {
+            self.trip_locally();
+        } else {
+            self.judge_window();
+        }
+        self.wake.notify_one();
+    }
+
+    /// Trips on the rate rules over the local window plus what is not folded yet.
+    fn judge_window(&self) {
+        let c = &self.counters;
+        let failures = u64::from(c.failures.load(Ordering::Relaxed));
+        let pending = Pending {
+            calls: u64::from(c.successes.load(Ordering::Relaxed)) + failures,
+            failures,
+            slow: u64::from(c.slow.load(Ordering::Relaxed)),
+        };
+        if self.window.over(self.policy.params(), pending) {
+            self.trip_locally();
+        }
+    }
+
+    /// Opens this replica on its own judgement (a closed breaker, or a failed
+    /// local probe) and has the trip reported to the store at once. Forced
+    /// states and a breaker that is already open are left alone; so is a
+    /// replica deciding alone while the store is away (its private breaker
+    /// judges then).
+    fn trip_locally(&self) {
+        if self.fallback.is_degraded() {
+            return;
+        }
+        let packed = self.snapshot.load(Ordering::Acquire);
+        let (state, generation) = unpack(packed);
+        let trips = state == State::Closed || (state == State::HalfOpen && packed & LOCAL != 0);
+        if !trips || generation == 0 {
+            return;
+        }
+        let opens = self.local_opens.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let open = pack(State::Open, generation, true);
+        let remaining = Duration::from_millis(break_ms(self.policy.params(), opens, rand16()));
+        self.set_deadline(remaining);
+        if self
+            .snapshot
+            .compare_exchange(packed, open, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return; // the state moved meanwhile; whoever moved it decided
+        }
+        self.counters.run.store(0, Ordering::Relaxed);
+        self.window.clear();
+        self.trip_pending.store(true, Ordering::Release);
+        self.wake.notify_one();
+        tracing::debug!(breaker = %self.name, generation, "tripped on local outcomes; reporting to the store");
+    }
+
+    /// Whether this replica is open or probing on its own judgement.
+    pub(crate) fn is_local(&self) -> bool {
+        self.snapshot.load(Ordering::Acquire) & LOCAL != 0
+    }
+
+    /// Whether outcomes (or a local trip) wait to be handed to the store.
     pub(crate) fn has_outcomes(&self) -> bool {
         let c = &self.counters;
-        c.successes.load(Ordering::Relaxed) != 0 || c.failures.load(Ordering::Relaxed) != 0
+        c.successes.load(Ordering::Relaxed) != 0
+            || c.failures.load(Ordering::Relaxed) != 0
+            || self.trip_pending.load(Ordering::Relaxed)
     }
 
-    /// Takes the counted outcomes as a batch for the current generation.
+    /// Whether a local trip waits to be reported.
+    pub(crate) fn trip_pending(&self) -> bool {
+        self.trip_pending.load(Ordering::Relaxed)
+    }
+
+    /// Takes the counted outcomes as a batch for the current generation, folds
+    /// them into the local window, and judges the window once more (a success
+    /// may have completed the minimum number of calls).
     pub(crate) fn take_batch(&self) -> OutcomeBatch {
         let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
         let c = &self.counters;
-        // Take the run of failures first: a success racing with the swaps can
-        // only make the run shorter than it was, never longer.
-        let trailing_failures = c.trailing_failures.swap(0, Ordering::Relaxed);
+        let now = self.now_nanos();
+        let previous = c.taken.swap(now, Ordering::Relaxed);
         let successes = c.successes.swap(0, Ordering::Relaxed);
         let failures = c.failures.swap(0, Ordering::Relaxed);
+        let slow = c.slow.swap(0, Ordering::Relaxed);
+        let trailing_failures = c.run.load(Ordering::Relaxed).min(failures);
+        // Every success of the batch came after the previous batch; the last
+        // one came after the success that last broke a run, if that is later.
+        let success_at = previous.max(c.run_broken.load(Ordering::Relaxed));
+        let run_at = previous.max(c.run_started.load(Ordering::Relaxed));
+        let age = |at: u64| now.saturating_sub(at) / 1_000_000;
+        let p = self.policy.params();
+        self.window.fold(
+            p,
+            now / 1_000_000,
+            Pending {
+                calls: u64::from(successes) + u64::from(failures),
+                failures: u64::from(failures),
+                slow: u64::from(slow),
+            },
+        );
+        if self.window.over(p, Pending::default()) {
+            self.trip_locally();
+        }
         OutcomeBatch {
             generation,
             successes,
             failures,
-            slow: c.slow.swap(0, Ordering::Relaxed),
-            trailing_failures: trailing_failures.min(failures),
+            slow,
+            trailing_failures,
+            success_age_ms: age(success_at),
+            run_age_ms: age(run_at),
+            instance: self.instance,
+            tripped: self.trip_pending.swap(false, Ordering::AcqRel),
         }
     }
 
-    /// Adopts a snapshot from the store unless it is older than the one held.
-    /// Counters of an older generation are discarded.
+    /// Drops the counted outcomes (they belong to a generation that is gone).
+    fn discard_outcomes(&self) {
+        let c = &self.counters;
+        c.successes.store(0, Ordering::Relaxed);
+        c.failures.store(0, Ordering::Relaxed);
+        c.slow.store(0, Ordering::Relaxed);
+        c.run.store(0, Ordering::Relaxed);
+        self.trip_pending.store(false, Ordering::Relaxed);
+        self.local_opens.store(0, Ordering::Relaxed);
+        self.window.clear();
+    }
+
+    /// Adopts a snapshot from the store unless it is older than the one held,
+    /// or of the same generation while this replica is open on its own
+    /// judgement (the store then still says closed: only a newer generation
+    /// replaces a local trip). Counters of an older generation are discarded.
     pub(crate) fn apply(&self, snapshot: Snapshot) {
         let mut current = self.snapshot.load(Ordering::Acquire);
         loop {
             let (_, generation) = unpack(current);
-            if snapshot.generation < generation {
+            if snapshot.generation < generation
+                || (snapshot.generation == generation && current & LOCAL != 0)
+            {
                 return;
             }
             // The deadline is written before the state it belongs to is published.
             self.set_deadline(snapshot.remaining);
-            let next = pack(snapshot.state, snapshot.generation);
+            let next = pack(snapshot.state, snapshot.generation, false);
             match self.snapshot.compare_exchange_weak(
                 current,
                 next,
@@ -211,8 +404,10 @@ impl Replica {
             ) {
                 Ok(_) => {
                     if snapshot.generation != generation {
-                        if generation != 0 {
-                            self.take_batch();
+                        if generation == 0 {
+                            self.synced.notify_waiters();
+                        } else {
+                            self.discard_outcomes();
                         }
                         let (from, _) = unpack(current);
                         tracing::debug!(
@@ -240,12 +435,13 @@ impl Replica {
         }
     }
 
-    /// Asks the store for a probe permit. At most one request per process is in
-    /// flight; concurrent callers are rejected meanwhile.
+    /// Asks the store for a probe permit (or, never having heard from the
+    /// store, for its state). At most one request per process is in flight;
+    /// concurrent callers are rejected meanwhile, except before the first
+    /// answer, when they wait for it (at most `store_timeout`).
     pub(crate) async fn acquire(self: Arc<Self>) -> Result<Admission, CircuitOpen> {
         if self.probing.swap(true, Ordering::AcqRel) {
-            let (state, _) = unpack(self.snapshot.load(Ordering::Acquire));
-            return Err(self.open_error(state, Duration::ZERO));
+            return self.wait_for_first_answer().await;
         }
         let _clear = ClearOnDrop(&self.probing);
         if self.fallback.is_degraded() {
@@ -258,6 +454,12 @@ impl Replica {
         .await;
         match answer {
             Ok(Ok(acquired)) => {
+                let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+                if self.is_local() && acquired.snapshot.generation == generation {
+                    // The fleet is closed; this replica tripped alone and its
+                    // break is over: one local probe decides.
+                    return Ok(self.probe_locally(generation));
+                }
                 self.apply(acquired.snapshot);
                 let snapshot = acquired.snapshot;
                 match acquired.lease {
@@ -281,6 +483,45 @@ impl Replica {
                 self.store_lost(&"timed out");
                 self.degraded_admission()
             }
+        }
+    }
+
+    /// Another call of this process is asking the store. Before the first
+    /// answer, wait for it (bounded) and decide from it; otherwise this call
+    /// is not the probe and is rejected.
+    async fn wait_for_first_answer(&self) -> Result<Admission, CircuitOpen> {
+        let notified = self.synced.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        if generation == 0 && !self.fallback.is_degraded() {
+            let _ = tokio::time::timeout(self.policy.store_timeout(), notified).await;
+        } else if generation != 0 {
+            return Err(self.open_error(state, Duration::ZERO));
+        }
+        let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        match state {
+            State::Closed | State::ForcedClosed if !self.is_local() => Ok(Admission::Pass {
+                generation,
+                count: true,
+            }),
+            State::Disabled => Ok(Admission::Pass {
+                generation,
+                count: false,
+            }),
+            _ => Err(self.open_error(state, self.time_left())),
+        }
+    }
+
+    /// Lets one call through as this replica's own probe: other calls are
+    /// rejected until it reports back, or until `probe_lease` if it never does.
+    fn probe_locally(&self, generation: u64) -> Admission {
+        let half_open = pack(State::HalfOpen, generation, true);
+        self.set_deadline(self.policy.probe_lease());
+        self.snapshot.store(half_open, Ordering::Release);
+        Admission::Pass {
+            generation,
+            count: true,
         }
     }
 
@@ -318,7 +559,10 @@ impl Replica {
     /// The store failed us: decide alone until it answers again (logged once
     /// per episode).
     pub(crate) fn store_lost(&self, error: &dyn std::fmt::Display) {
-        if self.fallback.enter(self.current()) {
+        let entered = self.fallback.enter(self.current());
+        // Calls waiting for a first answer decide without it now.
+        self.synced.notify_waiters();
+        if entered {
             tracing::warn!(
                 breaker = %self.name,
                 %error,
@@ -358,7 +602,7 @@ impl Replica {
     fn overwrite(&self, state: State, generation: u64, remaining: Duration) {
         self.set_deadline(remaining);
         self.snapshot
-            .store(pack(state, generation), Ordering::Release);
+            .store(pack(state, generation, false), Ordering::Release);
     }
 
     /// Ends the current rejection `remaining` from now; written before the
@@ -390,14 +634,14 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-fn pack(state: State, generation: u64) -> u64 {
-    (generation << STATE_BITS) | state.code()
+fn pack(state: State, generation: u64, local: bool) -> u64 {
+    (generation << FLAG_BITS) | if local { LOCAL } else { 0 } | state.code()
 }
 
 fn unpack(packed: u64) -> (State, u64) {
     // Only `pack` writes the word, so the code is always a valid state.
     let state = State::from_code(packed & STATE_MASK).unwrap_or(State::Closed);
-    (state, packed >> STATE_BITS)
+    (state, packed >> FLAG_BITS)
 }
 
 fn nanos(d: Duration) -> u64 {

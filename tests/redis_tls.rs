@@ -125,6 +125,7 @@ async fn the_store_works_over_tls_and_refuses_an_untrusted_server() {
         failures: 2,
         slow: 0,
         trailing_failures: 2,
+        ..OutcomeBatch::default()
     };
     assert_eq!(
         store.record(&name, &policy, batch).await.unwrap().state,

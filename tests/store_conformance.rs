@@ -35,6 +35,7 @@ fn failures(generation: u64, n: u32) -> OutcomeBatch {
         failures: n,
         slow: 0,
         trailing_failures: n,
+        ..OutcomeBatch::default()
     }
 }
 

@@ -122,8 +122,10 @@ impl<C: Clone> Registry<C> {
             self.store.clone(),
         );
         replica.fallback.set_mode(self.failure_mode());
+        let replica = Arc::new(replica);
+        crate::driver::start(&replica);
         Shared {
-            replica: Arc::new(replica),
+            replica,
             classifier: self.base.classifier.clone(),
             call_timeout: self.base.call_timeout,
             rejection: Rejection::Fail,

@@ -27,6 +27,7 @@ pub(crate) fn batch(generation: u64, successes: u32, failures: u32, trailing: u3
         failures,
         slow: 0,
         trailing_failures: trailing,
+        ..OutcomeBatch::default()
     }
 }
 
@@ -66,6 +67,101 @@ fn a_success_breaks_the_run() {
     m.record(&p, 0, &batch(g, 0, 4, 4), 0);
     m.record(&p, 0, &batch(g, 1, 3, 1), 0);
     assert_eq!((m.state, m.consecutive), (State::Closed, 1));
+}
+
+/// A batch from `instance` whose last success was `success_age` ms ago and
+/// whose trailing failures started `run_age` ms ago.
+fn timed(g: u64, successes: u32, failures: u32, success_age: u64, run_age: u64, instance: u64) -> OutcomeBatch {
+    OutcomeBatch {
+        generation: g,
+        successes,
+        failures,
+        trailing_failures: failures,
+        success_age_ms: success_age,
+        run_age_ms: run_age,
+        instance,
+        ..OutcomeBatch::default()
+    }
+}
+
+#[test]
+fn successes_from_before_the_run_do_not_erase_it() {
+    // Ten instances were healthy; the dependency went down at t=1000. Each
+    // one's first batch after that still carries its earlier successes.
+    let p = consecutive(5);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    for (i, now) in [1_010u64, 1_012, 1_015, 1_020].into_iter().enumerate() {
+        // Successes up to t=990, one failure at t=1005.
+        m.record(&p, now, &timed(g, 50, 1, now - 990, now - 1_005, i as u64), 0);
+        assert_eq!(m.state, State::Closed);
+    }
+    assert_eq!(m.consecutive, 4, "old successes broke nothing");
+    m.record(&p, 1_030, &timed(g, 50, 1, 40, 25, 9), 0);
+    assert_eq!(m.state, State::Open, "the fifth failure fleet-wide trips");
+}
+
+#[test]
+fn a_success_newer_than_the_run_breaks_it() {
+    let p = consecutive(5);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(&p, 100, &timed(g, 0, 3, 0, 10, 1), 0); // run from t=90
+    assert_eq!(m.consecutive, 3);
+    m.record(&p, 120, &timed(g, 4, 0, 5, 0, 2), 0); // a success at t=115
+    assert_eq!(m.consecutive, 0);
+    // Failures that started before that success do not count any more.
+    m.record(&p, 130, &timed(g, 0, 2, 0, 30, 3), 0);
+    assert_eq!(m.consecutive, 0);
+    m.record(&p, 140, &timed(g, 0, 2, 0, 10, 3), 0);
+    assert_eq!(m.consecutive, 2);
+}
+
+#[test]
+fn a_local_trip_opens_the_fleet_at_quorum_one() {
+    let p = consecutive(5);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    let trip = OutcomeBatch {
+        tripped: true,
+        ..timed(g, 0, 0, 0, 0, 7)
+    };
+    m.record(&p, 10, &trip, 0);
+    assert_eq!(m.state, State::Open);
+}
+
+#[test]
+fn a_quorum_needs_distinct_instances() {
+    let mut p = consecutive(5);
+    p.quorum = 2;
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    let trip = |instance| OutcomeBatch {
+        tripped: true,
+        ..timed(g, 0, 5, 0, 0, instance)
+    };
+    m.record(&p, 10, &trip(1), 0);
+    m.record(&p, 20, &timed(g, 0, 10, 0, 0, 1), 0);
+    m.record(&p, 30, &trip(1), 0);
+    assert_eq!(m.state, State::Closed, "one instance alone, however often");
+    m.record(&p, 40, &trip(2), 0);
+    assert_eq!(m.state, State::Open, "a second instance tripped");
+
+    // The merged run trips once its failures come from two instances.
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    m.record(&p, 10, &timed(g, 0, 6, 0, 0, 1), 0);
+    assert_eq!(m.state, State::Closed);
+    m.record(&p, 11, &timed(g, 0, 1, 0, 0, 2), 0);
+    assert_eq!(m.state, State::Open);
+
+    // Trips older than the window do not count.
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    let window = p.bucket_ms * u64::from(p.buckets);
+    m.record(&p, 10, &OutcomeBatch { tripped: true, ..timed(g, 1, 0, 0, 0, 1) }, 0);
+    m.record(&p, 10 + window, &OutcomeBatch { tripped: true, ..timed(g, 1, 0, 0, 0, 2) }, 0);
+    assert_eq!(m.state, State::Closed);
 }
 
 #[test]
@@ -120,6 +216,7 @@ fn slow_call_rate_trips() {
             failures: 0,
             slow: 2,
             trailing_failures: 0,
+            ..OutcomeBatch::default()
         },
         0,
     );
@@ -268,8 +365,12 @@ struct Model {
     opens: u32,
     /// (time, failed, slow) for every counted call since the last transition.
     calls: Vec<(u64, bool, bool)>,
-    /// Failed-or-not for every counted call, in the order the batches imply.
-    sequence: Vec<bool>,
+    /// Latest success proved by a batch, and the accepted runs (start, count).
+    latest_success: u64,
+    runs: Vec<(u64, u64)>,
+    /// Instances seen failing / tripping: instance -> time.
+    failing: BTreeMap<u64, u64>,
+    tripped: BTreeMap<u64, u64>,
     probe_successes: u32,
     leases: BTreeMap<u64, u64>,
     next_lease: u64,
@@ -284,7 +385,10 @@ impl Model {
             forced_until: 0,
             opens: 0,
             calls: vec![],
-            sequence: vec![],
+            latest_success: 0,
+            runs: vec![],
+            failing: BTreeMap::new(),
+            tripped: BTreeMap::new(),
             probe_successes: 0,
             leases: BTreeMap::new(),
             next_lease: 1,
@@ -295,7 +399,10 @@ impl Model {
         self.state = state;
         self.generation += 1;
         self.calls.clear();
-        self.sequence.clear();
+        self.latest_success = 0;
+        self.runs.clear();
+        self.failing.clear();
+        self.tripped.clear();
         self.probe_successes = 0;
         self.forced_until = 0;
         self.leases.clear();
@@ -317,13 +424,19 @@ impl Model {
         self.open_until = now + break_ms(p, self.opens, rand16);
     }
 
-    fn trips(&self, p: &Params, now: u64) -> bool {
-        let run = self
-            .sequence
-            .iter()
-            .rev()
-            .take_while(|failed| **failed)
-            .count() as u64;
+    fn trips(&self, p: &Params, now: u64, tripped: bool) -> bool {
+        let window = p.bucket_ms * u64::from(p.buckets);
+        let live = |seen: &BTreeMap<u64, u64>| seen.values().filter(|at| **at + window > now).count() as u32;
+        if p.quorum <= 1 && tripped {
+            return true;
+        }
+        if p.quorum > 1 && live(&self.tripped) >= p.quorum {
+            return true;
+        }
+        if p.quorum > 1 && live(&self.failing) < p.quorum {
+            return false;
+        }
+        let run: u64 = self.runs.iter().map(|r| r.1).sum();
         if p.consecutive > 0 && run >= u64::from(p.consecutive) {
             return true;
         }
@@ -350,17 +463,27 @@ impl Model {
         {
             return;
         }
-        let (early, late) = if b.successes > 0 {
-            (b.failures - b.trailing_failures, b.trailing_failures)
-        } else {
-            (b.failures, 0)
-        };
-        self.sequence
-            .extend(std::iter::repeat_n(true, early as usize));
-        self.sequence
-            .extend(std::iter::repeat_n(false, b.successes as usize));
-        self.sequence
-            .extend(std::iter::repeat_n(true, late as usize));
+        if b.successes > 0 {
+            self.latest_success = self.latest_success.max(now.saturating_sub(b.success_age_ms));
+        }
+        if b.successes > 0 && self.runs.iter().any(|r| r.0 <= self.latest_success) {
+            self.runs.clear();
+        }
+        let start = now.saturating_sub(b.run_age_ms);
+        if b.trailing_failures > 0 && b.run_age_ms < OutcomeBatch::UNKNOWN_AGE && start >= self.latest_success {
+            self.runs.push((start, u64::from(b.trailing_failures)));
+        }
+        let window = p.bucket_ms * u64::from(p.buckets);
+        if p.quorum > 1 {
+            if b.failures > 0 {
+                self.failing.insert(b.instance, now);
+            }
+            if b.tripped {
+                self.tripped.insert(b.instance, now);
+            }
+            self.failing.retain(|_, at| *at + window > now);
+            self.tripped.retain(|_, at| *at + window > now);
+        }
         let mut slow_left = b.slow;
         for failed in std::iter::repeat_n(true, b.failures as usize)
             .chain(std::iter::repeat_n(false, b.successes as usize))
@@ -369,7 +492,7 @@ impl Model {
             slow_left = slow_left.saturating_sub(1);
             self.calls.push((now, failed, slow));
         }
-        if self.state == State::Closed && self.trips(p, now) {
+        if self.state == State::Closed && self.trips(p, now, b.tripped) {
             self.open(p, now, rand16);
         }
     }
@@ -455,6 +578,10 @@ pub(crate) enum Op {
         failures: u32,
         slow: u32,
         trailing: u32,
+        success_age: u64,
+        run_age: u64,
+        instance: u64,
+        tripped: bool,
     },
     Acquire,
     Release {
@@ -471,12 +598,19 @@ pub(crate) enum Op {
 
 pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (any::<bool>(), 0u32..5, 0u32..6, 0u32..4, 0u32..6).prop_map(|(stale, successes, failures, slow, trailing)| Op::Record {
+        4 => (
+            (any::<bool>(), 0u32..5, 0u32..6, 0u32..4, 0u32..6),
+            (prop_oneof![0u64..300, Just(OutcomeBatch::UNKNOWN_AGE)], prop_oneof![0u64..300, Just(OutcomeBatch::UNKNOWN_AGE)], 0u64..4, prop::bool::weighted(0.1)),
+        ).prop_map(|((stale, successes, failures, slow, trailing), (success_age, run_age, instance, tripped))| Op::Record {
             stale: stale && successes % 4 == 0,
             successes,
             failures,
             slow: slow.min(successes + failures),
             trailing: trailing.min(failures),
+            success_age,
+            run_age,
+            instance,
+            tripped,
         }),
         3 => Just(Op::Acquire),
         3 => (0usize..4, 0u8..3, any::<bool>()).prop_map(|(pick, result, stale)| Op::Release { pick, result, stale: stale && pick == 0 }),
@@ -495,6 +629,7 @@ pub(crate) fn policy() -> impl Strategy<Value = Params> {
         (50u64..400, 1000u32..3000, 1u64..4),
         prop_oneof![Just(0u32), Just(300_000)],
         (1u32..4, 1u32..4, 20u64..300, 10u64..100),
+        prop_oneof![3 => Just(1u32), 1 => 2u32..4],
     )
         .prop_map(
             |(
@@ -506,6 +641,7 @@ pub(crate) fn policy() -> impl Strategy<Value = Params> {
                 (break_ms, backoff, cap),
                 jitter_ppm,
                 (permits, successes, lease_ms, sync_ms),
+                quorum,
             )| Params {
                 consecutive: if consecutive == 0 && failure_ppm == 0 && slow_ppm == 0 {
                     3
@@ -526,6 +662,7 @@ pub(crate) fn policy() -> impl Strategy<Value = Params> {
                 lease_ms,
                 ttl_ms: 3_600_000,
                 sync_ms,
+                quorum,
             },
         )
 }
@@ -544,13 +681,16 @@ proptest! {
         let mut granted: Vec<(u64, u64)> = vec![];
         for (op, rand16) in ops {
             match op {
-                Op::Record { stale, successes, failures, slow, trailing } => {
+                Op::Record { stale, successes, failures, slow, trailing, success_age, run_age, instance, tripped } => {
                     let generation = match (stale, successes % 3) {
                         (true, _) => machine.generation - 1,
                         (false, 0) => 0, // a process that has not synced yet
                         _ => machine.generation,
                     };
-                    let b = OutcomeBatch { generation, successes, failures, slow, trailing_failures: trailing };
+                    let b = OutcomeBatch {
+                        generation, successes, failures, slow, trailing_failures: trailing,
+                        success_age_ms: success_age, run_age_ms: run_age, instance, tripped,
+                    };
                     machine.record(&p, now, &b, rand16);
                     model.record(&p, now, &b, rand16);
                 }

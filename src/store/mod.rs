@@ -49,12 +49,35 @@ pub struct OutcomeBatch {
     /// Failures after the last success of the batch (all of them if there was
     /// none): how the batch extends the breaker's run of consecutive failures.
     pub trailing_failures: u32,
+    /// How long ago (milliseconds, when the batch was sent) a success of this
+    /// batch is known to have happened, at the latest: a success breaks the
+    /// fleet's run of failures only if that run started before it, so
+    /// yesterday's successes never erase another instance's failures.
+    /// 0 (the default) means just now; [`OutcomeBatch::UNKNOWN_AGE`], not
+    /// known (then it breaks nothing).
+    pub success_age_ms: u64,
+    /// How long ago the batch's trailing failures started at the earliest:
+    /// they extend the fleet's run only if no success the store knows of is
+    /// newer. 0 (the default) means just now; [`OutcomeBatch::UNKNOWN_AGE`]
+    /// makes them count toward the window only.
+    pub run_age_ms: u64,
+    /// Which instance counted the batch (a random id per replica), so that a
+    /// [`fleet_quorum`](crate::PolicyBuilder::fleet_quorum) can count distinct
+    /// instances.
+    pub instance: u64,
+    /// The instance judged its own outcomes against the policy and opened its
+    /// own breaker: the store opens the breaker fleet-wide when enough distinct
+    /// instances did so within the window (the policy's quorum; by default one).
+    pub tripped: bool,
 }
 
 impl OutcomeBatch {
-    /// Whether the batch holds no outcome.
+    /// An age that says "not known": the largest the stores take.
+    pub const UNKNOWN_AGE: u64 = 1 << 40;
+
+    /// Whether the batch holds no outcome and no trip report.
     pub fn is_empty(&self) -> bool {
-        self.successes == 0 && self.failures == 0
+        self.successes == 0 && self.failures == 0 && !self.tripped
     }
 }
 

@@ -340,6 +340,7 @@ impl RedisStore {
             .arg(p.lease_ms)
             .arg(p.ttl_ms)
             .arg(p.sync_ms)
+            .arg(p.quorum)
             .arg(&self.inner.channel)
             .arg(name.as_str())
             .arg(rand16)
@@ -425,6 +426,9 @@ fn map_error(error: RedisError) -> StoreError {
     StoreError::new(kind, text)
 }
 
+/// Instance ids travel as 52-bit numbers: exact in the scripts' doubles.
+const INSTANCE_MASK: u64 = (1 << 52) - 1;
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -443,6 +447,10 @@ impl Store for RedisStore {
                 u64::from(batch.failures),
                 u64::from(batch.slow),
                 u64::from(batch.trailing_failures),
+                batch.success_age_ms.min(OutcomeBatch::UNKNOWN_AGE),
+                batch.run_age_ms.min(OutcomeBatch::UNKNOWN_AGE),
+                batch.instance & INSTANCE_MASK,
+                u64::from(batch.tripped),
             ];
             let reply = self
                 .run(&self.inner.scripts.record, name, policy, &args, 0)

@@ -20,12 +20,15 @@ local P = {
   lease_ms = tonumber(ARGV[13]),
   ttl_ms = tonumber(ARGV[14]),
   sync_ms = tonumber(ARGV[15]),
+  quorum = tonumber(ARGV[16]),
 }
-local channel = ARGV[16]
-local name = ARGV[17]
-local rand16 = tonumber(ARGV[18])
-local now = tonumber(ARGV[19])
-local OP = 20
+local channel = ARGV[17]
+local name = ARGV[18]
+local rand16 = tonumber(ARGV[19])
+local now = tonumber(ARGV[20])
+local OP = 21
+local MAX_QUORUM = 16
+local UNKNOWN_AGE = 1099511627776
 
 if now == 0 then
   local t = redis.call('TIME')
@@ -41,7 +44,8 @@ local function int(n)
 end
 
 local function fresh(generation)
-  return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, ps = 0, nl = 1, leases = {}, w = {} }
+  return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, rs = 0, sa = 0, ps = 0, nl = 1,
+    leases = {}, w = {}, fi = {}, tr = {} }
 end
 
 local function valid_int(n, min, max)
@@ -71,10 +75,12 @@ local function load()
   local big = 9007199254740991
   local m = {
     st = tonumber(f.st), g = tonumber(f.g), ou = tonumber(f.ou), fu = tonumber(f.fu), op = tonumber(f.op),
-    cf = tonumber(f.cf), ps = tonumber(f.ps), nl = tonumber(f.nl), leases = {}, w = {},
+    cf = tonumber(f.cf), rs = tonumber(f.rs or '0'), sa = tonumber(f.sa or '0'), ps = tonumber(f.ps),
+    nl = tonumber(f.nl), leases = {}, w = {}, fi = {}, tr = {},
   }
   local ok = v == SCHEMA and valid_int(m.st, 0, 5) and valid_int(m.g, 1, big) and valid_int(m.ou, 0, big)
     and valid_int(m.fu, 0, big) and valid_int(m.op, 0, 4294967295) and valid_int(m.cf, 0, big)
+    and valid_int(m.rs, 0, big) and valid_int(m.sa, 0, big)
     and valid_int(m.ps, 0, 4294967295) and valid_int(m.nl, 1, big)
   if ok then
     for item in string.gmatch(f.ls or '', '[^,]+') do
@@ -88,6 +94,15 @@ local function load()
       local idx, calls, fails, slow = string.match(item, '^(%d+):(%d+):(%d+):(%d+)$')
       if idx == nil then ok = false break end
       table.insert(m.w, { tonumber(idx), tonumber(calls), tonumber(fails), tonumber(slow) })
+    end
+  end
+  for _, field in ipairs({ 'fi', 'tr' }) do
+    if ok then
+      for item in string.gmatch(f[field] or '', '[^,]+') do
+        local id, at = string.match(item, '^(%d+):(%d+)$')
+        if id == nil then ok = false break end
+        table.insert(m[field], { id = tonumber(id), at = tonumber(at) })
+      end
     end
   end
   if not ok then
@@ -110,9 +125,17 @@ local function save(m)
   for _, b in ipairs(m.w) do
     table.insert(window, int(b[1]) .. ':' .. int(b[2]) .. ':' .. int(b[3]) .. ':' .. int(b[4]))
   end
+  local seen = {}
+  for _, field in ipairs({ 'fi', 'tr' }) do
+    local items = {}
+    for _, s in ipairs(m[field]) do
+      table.insert(items, int(s.id) .. ':' .. int(s.at))
+    end
+    seen[field] = table.concat(items, ',')
+  end
   redis.call('HSET', key, 'v', int(SCHEMA), 'st', int(m.st), 'g', int(m.g), 'ou', int(m.ou), 'fu', int(m.fu),
-    'op', int(m.op), 'cf', int(m.cf), 'ps', int(m.ps), 'nl', int(m.nl),
-    'ls', table.concat(leases, ','), 'w', table.concat(window, ','))
+    'op', int(m.op), 'cf', int(m.cf), 'rs', int(m.rs), 'sa', int(m.sa), 'ps', int(m.ps), 'nl', int(m.nl),
+    'ls', table.concat(leases, ','), 'w', table.concat(window, ','), 'fi', seen.fi, 'tr', seen.tr)
   redis.call('PEXPIRE', key, int(P.ttl_ms))
 end
 
@@ -146,6 +169,10 @@ local function transition(m, state)
   m.st = state
   m.g = m.g + 1
   m.cf = 0
+  m.rs = 0
+  m.sa = 0
+  m.fi = {}
+  m.tr = {}
   m.ps = 0
   m.fu = 0
   m.leases = {}
@@ -176,11 +203,37 @@ local function expire(m)
   end
 end
 
-local function count(m, successes, failures, slow, trailing)
-  if successes > 0 then
-    m.cf = trailing
-  else
-    m.cf = m.cf + failures
+-- Notes that instance `id` was seen now, forgetting what left the window; at
+-- most MAX_QUORUM entries (the oldest go).
+local function note(seen, id, window)
+  local kept = {}
+  for _, s in ipairs(seen) do
+    if s.id ~= id and s.at + window > now then table.insert(kept, s) end
+  end
+  if #kept >= MAX_QUORUM then table.remove(kept, 1) end
+  table.insert(kept, { id = id, at = now })
+  return kept
+end
+
+-- b: successes, failures, slow, trailing, success_age, run_age, instance, tripped.
+local function count(m, b)
+  if b.successes > 0 then
+    m.sa = math.max(m.sa, math.max(now - b.success_age, 0))
+    if m.cf > 0 and m.rs <= m.sa then
+      m.cf = 0
+    end
+  end
+  if b.trailing > 0 and b.run_age < UNKNOWN_AGE then
+    local start = math.max(now - b.run_age, 0)
+    if start >= m.sa then
+      if m.cf == 0 then m.rs = start else m.rs = math.min(m.rs, start) end
+      m.cf = m.cf + b.trailing
+    end
+  end
+  if P.quorum > 1 then
+    local window = P.bucket_ms * P.buckets
+    if b.failures > 0 then m.fi = note(m.fi, b.instance, window) end
+    if b.tripped then m.tr = note(m.tr, b.instance, window) end
   end
   if #m.w ~= P.buckets then
     m.w = {}
@@ -188,27 +241,41 @@ local function count(m, successes, failures, slow, trailing)
   end
   local index = math.floor(now / P.bucket_ms)
   local slot = (index % P.buckets) + 1
-  local b = m.w[slot]
-  if b[1] ~= index then
-    b = { index, 0, 0, 0 }
-    m.w[slot] = b
+  local w = m.w[slot]
+  if w[1] ~= index then
+    w = { index, 0, 0, 0 }
+    m.w[slot] = w
   end
-  b[2] = b[2] + successes + failures
-  b[3] = b[3] + failures
-  b[4] = b[4] + slow
+  w[2] = w[2] + b.successes + b.failures
+  w[3] = w[3] + b.failures
+  w[4] = w[4] + b.slow
 end
 
-local function should_trip(m)
+local function should_trip(m, tripped)
+  local window = P.bucket_ms * P.buckets
+  local function distinct(seen)
+    local n = 0
+    for _, s in ipairs(seen) do
+      if s.at + window > now then n = n + 1 end
+    end
+    return n
+  end
+  if P.quorum <= 1 then
+    if tripped then return true end
+  else
+    if distinct(m.tr) >= P.quorum then return true end
+    if distinct(m.fi) < P.quorum then return false end
+  end
   if P.consecutive > 0 and m.cf >= P.consecutive then return true end
   if P.failure_ppm == 0 and P.slow_ppm == 0 then return false end
   local current = math.floor(now / P.bucket_ms)
   local oldest = math.max(current + 1 - P.buckets, 0)
   local calls, fails, slow = 0, 0, 0
-  for _, b in ipairs(m.w) do
-    if b[2] > 0 and b[1] >= oldest and b[1] <= current then
-      calls = calls + b[2]
-      fails = fails + b[3]
-      slow = slow + b[4]
+  for _, w in ipairs(m.w) do
+    if w[2] > 0 and w[1] >= oldest and w[1] <= current then
+      calls = calls + w[2]
+      fails = fails + w[3]
+      slow = slow + w[4]
     end
   end
   if calls < P.minimum_calls then return false end

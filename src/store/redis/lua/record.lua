@@ -1,11 +1,17 @@
--- ARGV[OP..]: generation, successes, failures, slow, trailing failures.
+-- ARGV[OP..]: generation, successes, failures, slow, trailing failures,
+-- success age, run age, instance, tripped (0 or 1).
 local generation = tonumber(ARGV[OP])
+local b = {
+  successes = tonumber(ARGV[OP + 1]), failures = tonumber(ARGV[OP + 2]), slow = tonumber(ARGV[OP + 3]),
+  trailing = tonumber(ARGV[OP + 4]), success_age = tonumber(ARGV[OP + 5]), run_age = tonumber(ARGV[OP + 6]),
+  instance = tonumber(ARGV[OP + 7]), tripped = tonumber(ARGV[OP + 8]) == 1,
+}
 if generation == m.g or generation == 0 then
   if m.st == CLOSED then
-    count(m, tonumber(ARGV[OP + 1]), tonumber(ARGV[OP + 2]), tonumber(ARGV[OP + 3]), tonumber(ARGV[OP + 4]))
-    if should_trip(m) then open(m) end
+    count(m, b)
+    if should_trip(m, b.tripped) then open(m) end
   elseif m.st == FORCED_CLOSED then
-    count(m, tonumber(ARGV[OP + 1]), tonumber(ARGV[OP + 2]), tonumber(ARGV[OP + 3]), tonumber(ARGV[OP + 4]))
+    count(m, b)
   end
 end
 return finish(m, before, reset)
