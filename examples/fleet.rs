@@ -1,6 +1,11 @@
-//! A fleet of service instances calls a dependency that goes hard down and
-//! later recovers: once with a private breaker in every instance (what
-//! in-process breakers give you), once with one breaker shared by the fleet.
+//! A fleet of service instances calls a dependency that goes hard down after
+//! healthy traffic, and later recovers: once with a private breaker in every
+//! instance (what in-process breakers give you), once with one breaker shared
+//! by the fleet. Then one busy instance at 1,000 calls/s against recloser.
+//!
+//! The policy is the default one (trip after 5 consecutive failures, sync
+//! every second) except for a 1 s break, so that the demo shows recovery
+//! within seconds.
 //!
 //! ```text
 //! cargo run --example fleet                                  # in-memory store
@@ -23,11 +28,16 @@ use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 const THRESHOLD: u32 = 5;
-const CALL_EVERY: Duration = Duration::from_millis(20);
-const HEALTHY_FIRST: Duration = Duration::from_millis(500);
-const OUTAGE: Duration = Duration::from_millis(2_500);
-const AFTER: Duration = Duration::from_millis(1_500);
+const CALL_EVERY: Duration = Duration::from_millis(10);
+/// Healthy traffic before the outage: longer than the default sync interval.
+const HEALTHY_FIRST: Duration = Duration::from_millis(1_500);
+const OUTAGE: Duration = Duration::from_millis(3_000);
+const AFTER: Duration = Duration::from_millis(2_000);
 const BREAK: Duration = Duration::from_secs(1);
+/// How long the store's steady cost is measured.
+const STEADY: Duration = Duration::from_secs(4);
+/// The busy instance: one call every millisecond.
+const BUSY_EVERY: Duration = Duration::from_millis(1);
 
 /// The dependency: counts every call that reaches it.
 #[derive(Default)]
@@ -64,18 +74,15 @@ async fn main() -> Result<(), BoxError> {
         .map(|v| v.parse::<usize>())
         .transpose()?
         .unwrap_or(10);
-    let policy = Policy::builder()
-        .consecutive_failures(THRESHOLD)
-        .break_duration(BREAK)
-        .half_open_permits(1)
-        .sync_interval(Duration::from_millis(100))
-        .build()?;
+    // The default policy (5 consecutive failures, sync every 1 s, 1 probe),
+    // with a short break so that recovery shows within seconds.
+    let policy = Policy::builder().break_duration(BREAK).build()?;
 
     println!(
-        "fleet: {instances} instances, one call every {CALL_EVERY:?} each; the dependency is down for {OUTAGE:?}"
+        "fleet: {instances} instances, one call every {CALL_EVERY:?} each, healthy for {HEALTHY_FIRST:?}; then the dependency is down for {OUTAGE:?}"
     );
     println!(
-        "policy: trip after {THRESHOLD} consecutive failures, break {BREAK:?}, 1 half-open probe\n"
+        "policy: the default (trip after {THRESHOLD} consecutive failures, sync every 1s, 1 half-open probe) with a {BREAK:?} break\n"
     );
 
     let mut rows = Vec::new();
@@ -85,8 +92,9 @@ async fn main() -> Result<(), BoxError> {
     let shared = run(instances, &policy, |_| shared_store.clone()).await?;
     rows.push(("shared breaker (MemoryStore)", shared, None));
     let mut steady = None;
+    let mut busy_redis = None;
     let redis_url = arg_value("--redis").or_else(|| std::env::var("REDIS_URL").ok());
-    if let Some(url) = redis_url {
+    if let Some(url) = redis_url.clone() {
         let mut stores: Vec<Arc<dyn Store>> = Vec::new();
         for _ in 0..instances {
             stores.push(Arc::new(RedisStore::connect(&url).await?));
@@ -102,7 +110,12 @@ async fn main() -> Result<(), BoxError> {
         let evalsha = evalsha_calls(&mut admin).await? - before;
         let per_thousand = evalsha as f64 * 1000.0 / report.calls as f64;
         rows.push(("shared breaker (RedisStore)", report, Some(per_thousand)));
-        steady = Some(steady_cost(&stores, &mut admin).await?);
+        steady = Some((
+            steady_cost(&stores, &mut admin, 0).await?,
+            steady_cost(&stores, &mut admin, 100).await?,
+        ));
+        let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&url).await?);
+        busy_redis = Some(busy_instance(&policy, store).await?);
     }
 
     println!(
@@ -135,14 +148,98 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "probes while down: calls that reached the sick dependency after that (half-open probes)"
     );
-    if let Some((calls, evalsha)) = steady {
+    if let Some(((calls, evalsha), (scattered_calls, scattered_evalsha))) = steady {
         println!("Redis cmds/1k calls: EVALSHA per 1,000 calls over the whole run, outage included (INFO commandstats)");
         println!(
-            "\nsteady healthy traffic, default policy (sync every 1s): {calls} calls, {evalsha} EVALSHA = {:.1} Redis commands per 1,000 calls",
-            evalsha as f64 * 1000.0 / calls as f64
+            "\nsteady healthy traffic, default policy, {instances} instances x 200 calls/s for {STEADY:?}: {calls} calls, {evalsha} EVALSHA = {:.2} per second per instance",
+            evalsha as f64 / STEADY.as_secs_f64() / instances as f64
+        );
+        println!(
+            "the same with 1 call in 100 failing (scattered): {scattered_calls} calls, {scattered_evalsha} EVALSHA = {:.2} per second per instance",
+            scattered_evalsha as f64 / STEADY.as_secs_f64() / instances as f64
         );
     }
+
+    println!(
+        "\none busy instance, one call every {BUSY_EVERY:?}, healthy for {HEALTHY_FIRST:?}, then the dependency is down:"
+    );
+    println!("{:<34} {:>21}", "breaker", "failures before open");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let ours = busy_instance(&policy, store).await?;
+    println!("{:<34} {:>21}", "ours (MemoryStore)", ours);
+    if let Some(n) = busy_redis {
+        println!("{:<34} {:>21}", "ours (RedisStore)", n);
+    }
+    println!(
+        "{:<34} {:>21}",
+        "recloser 1.4 (ring of 5, rate 1.0)",
+        busy_recloser().await
+    );
     Ok(())
+}
+
+/// One instance calls at `BUSY_EVERY` while healthy, then against a dead
+/// dependency; returns the failed calls before its breaker opened.
+async fn busy_instance(policy: &Policy, store: Arc<dyn Store>) -> Result<usize, BoxError> {
+    let name = distributed_circuit_breaker::BreakerName::new("busy")?;
+    let layer = DistributedCircuitBreakerLayer::with_store(name, policy.clone(), store);
+    let breaker = layer.breaker();
+    let dependency = Arc::new(Dependency::default());
+    let dep = dependency.clone();
+    let mut svc = layer.layer(service_fn(move |_: ()| {
+        let dep = dep.clone();
+        async move { dep.call() }
+    }));
+    let mut tick = tokio::time::interval(BUSY_EVERY);
+    let down_at = Instant::now() + HEALTHY_FIRST;
+    let stop_at = down_at + Duration::from_millis(500);
+    while Instant::now() < stop_at {
+        tick.tick().await;
+        if Instant::now() >= down_at {
+            dependency.down.store(true, Ordering::SeqCst);
+        }
+        let _ = svc.ready().await?.call(()).await;
+        if dependency.down.load(Ordering::SeqCst) && breaker.snapshot().state != State::Closed {
+            break;
+        }
+    }
+    Ok(dependency.failed.load(Ordering::SeqCst))
+}
+
+/// The same with recloser set to open on 5 failures out of the last 5 calls.
+async fn busy_recloser() -> usize {
+    let recloser = recloser::Recloser::custom()
+        .error_rate(1.0)
+        .closed_len(THRESHOLD as usize)
+        .open_wait(BREAK)
+        .build();
+    let dependency = Dependency::default();
+    let mut tick = tokio::time::interval(BUSY_EVERY);
+    let down_at = Instant::now() + HEALTHY_FIRST;
+    let stop_at = down_at + Duration::from_millis(500);
+    while Instant::now() < stop_at {
+        tick.tick().await;
+        if Instant::now() >= down_at {
+            dependency.down.store(true, Ordering::SeqCst);
+        }
+        if let Err(recloser::Error::Rejected) = recloser.call(|| dependency.call()) {
+            break;
+        }
+    }
+    dependency.failed.load(Ordering::SeqCst)
+}
+
+impl Dependency {
+    /// One call: fails while the dependency is down.
+    fn call(&self) -> Result<(), BoxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            Err("dependency down".into())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 async fn run(
@@ -167,15 +264,7 @@ async fn run(
         let dep = dependency.clone();
         let svc = layer.layer(service_fn(move |_: ()| {
             let dep = dep.clone();
-            async move {
-                dep.calls.fetch_add(1, Ordering::SeqCst);
-                if dep.down.load(Ordering::SeqCst) {
-                    dep.failed.fetch_add(1, Ordering::SeqCst);
-                    Err::<(), BoxError>("dependency down".into())
-                } else {
-                    Ok(())
-                }
-            }
+            async move { dep.call() }
         }));
         let (dep, tally) = (dependency.clone(), tally.clone());
         tasks.push(tokio::spawn(async move {
@@ -266,32 +355,49 @@ fn arg_value(flag: &str) -> Option<String> {
     None
 }
 
-/// Healthy traffic for two seconds on a breaker with the default policy:
-/// what the store costs when nothing is wrong.
+/// Traffic for two seconds on a breaker with the default policy, every
+/// `fail_every`-th call failing (0: none): what the store costs when nothing
+/// (or little) is wrong.
 async fn steady_cost(
     stores: &[Arc<dyn Store>],
     admin: &mut redis::aio::MultiplexedConnection,
+    fail_every: usize,
 ) -> Result<(usize, u64), BoxError> {
-    let before = evalsha_calls(admin).await?;
     let calls = Arc::new(AtomicUsize::new(0));
-    let stop_at = Instant::now() + Duration::from_secs(2);
+    // Measured after a second of warm-up: each breaker's first read of the
+    // shared state is a one-off, not a steady cost.
+    let start_at = Instant::now() + Duration::from_millis(1_500);
+    let stop_at = start_at + STEADY;
     let mut tasks = Vec::new();
-    for store in stores {
-        let name = distributed_circuit_breaker::BreakerName::new("steady")?;
+    for (i, store) in stores.iter().enumerate() {
+        let name = distributed_circuit_breaker::BreakerName::new(format!("steady-{fail_every}"))?;
         let layer =
             DistributedCircuitBreakerLayer::with_store(name, Policy::default(), store.clone());
-        let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+        let n = Arc::new(AtomicUsize::new(i * 7));
+        let svc = layer.layer(service_fn(move |_: ()| {
+            let call = n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if fail_every > 0 && call % fail_every == 0 {
+                    Err(std::io::Error::other("scattered failure"))
+                } else {
+                    Ok(())
+                }
+            }
+        }));
         let calls = calls.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(5));
             while Instant::now() < stop_at {
                 tick.tick().await;
-                if svc.clone().oneshot(()).await.is_ok() {
+                let _ = svc.clone().oneshot(()).await;
+                if Instant::now() >= start_at {
                     calls.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }));
     }
+    tokio::time::sleep_until(start_at).await;
+    let before = evalsha_calls(admin).await?;
     for task in tasks {
         task.await?;
     }

@@ -230,8 +230,14 @@ mod tests {
         let empty = OutcomeBatch::default();
         assert_eq!(merge(empty, batch(7, 1, 2, 2)), batch(7, 1, 2, 2));
         let counts = |b: OutcomeBatch| (b.generation, b.successes, b.failures, b.trailing_failures);
-        assert_eq!(counts(merge(batch(0, 1, 2, 2), batch(7, 0, 3, 3))), (0, 1, 5, 5));
-        assert_eq!(counts(merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1))), (0, 3, 5, 1));
+        assert_eq!(
+            counts(merge(batch(0, 1, 2, 2), batch(7, 0, 3, 3))),
+            (0, 1, 5, 5)
+        );
+        assert_eq!(
+            counts(merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1))),
+            (0, 3, 5, 1)
+        );
         // Merged outcomes no longer know when they happened.
         let merged = merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1));
         assert_eq!(merged.success_age_ms, OutcomeBatch::UNKNOWN_AGE);

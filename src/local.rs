@@ -57,7 +57,10 @@ impl LocalWindow {
         slot.slow += batch.slow;
         let oldest = (index + 1).saturating_sub(u64::from(p.buckets));
         let (mut calls, mut failures, mut slow) = (0, 0, 0);
-        for b in ring.iter().filter(|b| b.index >= oldest && b.index <= index) {
+        for b in ring
+            .iter()
+            .filter(|b| b.index >= oldest && b.index <= index)
+        {
             calls += b.calls;
             failures += b.failures;
             slow += b.slow;
@@ -110,13 +113,66 @@ mod tests {
             .unwrap()
             .params();
         let w = LocalWindow::default();
-        w.fold(&p, 0, Pending { calls: 6, failures: 2, slow: 0 });
-        assert!(!w.over(&p, Pending { calls: 3, failures: 2, slow: 0 }), "9 calls");
-        assert!(w.over(&p, Pending { calls: 4, failures: 3, slow: 0 }), "5 of 10");
+        w.fold(
+            &p,
+            0,
+            Pending {
+                calls: 6,
+                failures: 2,
+                slow: 0,
+            },
+        );
+        assert!(
+            !w.over(
+                &p,
+                Pending {
+                    calls: 3,
+                    failures: 2,
+                    slow: 0
+                }
+            ),
+            "9 calls"
+        );
+        assert!(
+            w.over(
+                &p,
+                Pending {
+                    calls: 4,
+                    failures: 3,
+                    slow: 0
+                }
+            ),
+            "5 of 10"
+        );
         // Ten seconds later the first batch has left the window.
-        w.fold(&p, 10_000, Pending { calls: 1, failures: 1, slow: 0 });
-        assert!(!w.over(&p, Pending { calls: 4, failures: 4, slow: 0 }), "5 calls");
+        w.fold(
+            &p,
+            10_000,
+            Pending {
+                calls: 1,
+                failures: 1,
+                slow: 0,
+            },
+        );
+        assert!(
+            !w.over(
+                &p,
+                Pending {
+                    calls: 4,
+                    failures: 4,
+                    slow: 0
+                }
+            ),
+            "5 calls"
+        );
         w.clear();
-        assert!(!w.over(&p, Pending { calls: 9, failures: 9, slow: 0 }));
+        assert!(!w.over(
+            &p,
+            Pending {
+                calls: 9,
+                failures: 9,
+                slow: 0
+            }
+        ));
     }
 }

@@ -289,7 +289,10 @@ impl Replica {
         if !trips || generation == 0 {
             return;
         }
-        let opens = self.local_opens.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let opens = self
+            .local_opens
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         let open = pack(State::Open, generation, true);
         let remaining = Duration::from_millis(break_ms(self.policy.params(), opens, rand16()));
         self.set_deadline(remaining);

@@ -226,7 +226,11 @@ async fn a_newcomer_never_calls_a_dependency_the_fleet_holds_open() {
             rejected += 1;
         }
     }
-    assert_eq!(dependency.calls(), 0, "the newcomer called a forced-open dependency");
+    assert_eq!(
+        dependency.calls(),
+        0,
+        "the newcomer called a forced-open dependency"
+    );
     assert_eq!(rejected, 50);
 
     // The same for a burst of concurrent first calls, with a tripped (not
@@ -248,7 +252,10 @@ async fn a_newcomer_never_calls_a_dependency_the_fleet_holds_open() {
         })
         .collect();
     for call in burst {
-        assert!(call.await.unwrap(), "a newcomer's call passed an open breaker");
+        assert!(
+            call.await.unwrap(),
+            "a newcomer's call passed an open breaker"
+        );
     }
     assert_eq!(dependency.failures(), failed);
 }
@@ -298,7 +305,11 @@ async fn a_keyed_breaker_recreated_after_eviction_remembers_the_fleet() {
     for _ in 0..20 {
         assert!(svc.clone().oneshot(request("acme")).await.is_err());
     }
-    assert_eq!(dependency.failures(), failed, "the re-created breaker called a dependency the fleet holds open");
+    assert_eq!(
+        dependency.failures(),
+        failed,
+        "the re-created breaker called a dependency the fleet holds open"
+    );
 }
 
 /// Nine healthy instances and one whose own calls all fail (its own network

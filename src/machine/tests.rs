@@ -71,7 +71,14 @@ fn a_success_breaks_the_run() {
 
 /// A batch from `instance` whose last success was `success_age` ms ago and
 /// whose trailing failures started `run_age` ms ago.
-fn timed(g: u64, successes: u32, failures: u32, success_age: u64, run_age: u64, instance: u64) -> OutcomeBatch {
+fn timed(
+    g: u64,
+    successes: u32,
+    failures: u32,
+    success_age: u64,
+    run_age: u64,
+    instance: u64,
+) -> OutcomeBatch {
     OutcomeBatch {
         generation: g,
         successes,
@@ -93,7 +100,12 @@ fn successes_from_before_the_run_do_not_erase_it() {
     let g = m.generation;
     for (i, now) in [1_010u64, 1_012, 1_015, 1_020].into_iter().enumerate() {
         // Successes up to t=990, one failure at t=1005.
-        m.record(&p, now, &timed(g, 50, 1, now - 990, now - 1_005, i as u64), 0);
+        m.record(
+            &p,
+            now,
+            &timed(g, 50, 1, now - 990, now - 1_005, i as u64),
+            0,
+        );
         assert_eq!(m.state, State::Closed);
     }
     assert_eq!(m.consecutive, 4, "old successes broke nothing");
@@ -159,8 +171,24 @@ fn a_quorum_needs_distinct_instances() {
     let mut m = Machine::new(0);
     let g = m.generation;
     let window = p.bucket_ms * u64::from(p.buckets);
-    m.record(&p, 10, &OutcomeBatch { tripped: true, ..timed(g, 1, 0, 0, 0, 1) }, 0);
-    m.record(&p, 10 + window, &OutcomeBatch { tripped: true, ..timed(g, 1, 0, 0, 0, 2) }, 0);
+    m.record(
+        &p,
+        10,
+        &OutcomeBatch {
+            tripped: true,
+            ..timed(g, 1, 0, 0, 0, 1)
+        },
+        0,
+    );
+    m.record(
+        &p,
+        10 + window,
+        &OutcomeBatch {
+            tripped: true,
+            ..timed(g, 1, 0, 0, 0, 2)
+        },
+        0,
+    );
     assert_eq!(m.state, State::Closed);
 }
 
@@ -426,7 +454,9 @@ impl Model {
 
     fn trips(&self, p: &Params, now: u64, tripped: bool) -> bool {
         let window = p.bucket_ms * u64::from(p.buckets);
-        let live = |seen: &BTreeMap<u64, u64>| seen.values().filter(|at| **at + window > now).count() as u32;
+        let live = |seen: &BTreeMap<u64, u64>| {
+            seen.values().filter(|at| **at + window > now).count() as u32
+        };
         if p.quorum <= 1 && tripped {
             return true;
         }
@@ -464,13 +494,18 @@ impl Model {
             return;
         }
         if b.successes > 0 {
-            self.latest_success = self.latest_success.max(now.saturating_sub(b.success_age_ms));
+            self.latest_success = self
+                .latest_success
+                .max(now.saturating_sub(b.success_age_ms));
         }
         if b.successes > 0 && self.runs.iter().any(|r| r.0 <= self.latest_success) {
             self.runs.clear();
         }
         let start = now.saturating_sub(b.run_age_ms);
-        if b.trailing_failures > 0 && b.run_age_ms < OutcomeBatch::UNKNOWN_AGE && start >= self.latest_success {
+        if b.trailing_failures > 0
+            && b.run_age_ms < OutcomeBatch::UNKNOWN_AGE
+            && start >= self.latest_success
+        {
             self.runs.push((start, u64::from(b.trailing_failures)));
         }
         let window = p.bucket_ms * u64::from(p.buckets);
