@@ -100,8 +100,9 @@ impl Breaker {
     /// Sends an operator's command to the store and adopts the result.
     pub async fn force(&self, force: Force) -> Result<Snapshot, StoreError> {
         let r = &self.replica;
+        let ticket = r.ticket();
         let snapshot = r.store.force(&r.name, &r.policy, force).await?;
-        r.apply(snapshot);
+        r.adopt(ticket, snapshot);
         Ok(snapshot)
     }
 }

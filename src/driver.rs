@@ -136,11 +136,16 @@ async fn run(weak: Weak<Replica>) {
                 sync_once(&replica, false).await;
             }
             Wake::Event(Ok(StoreEvent::Transition(transition))) => {
-                // While degraded only our own connection's answers count.
-                if transition.name == replica.name.as_str() && !replica.fallback.is_degraded() {
-                    replica.apply(transition.snapshot);
+                // While degraded only our own connection's answers count. An
+                // announcement is a hint: anything but the next generation is
+                // checked by reading the shared state.
+                if transition.name != replica.name.as_str()
+                    || replica.fallback.is_degraded()
+                    || replica.apply_hint(transition.snapshot)
+                {
+                    continue;
                 }
-                continue;
+                sync_once(&replica, true).await;
             }
             Wake::Event(Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_))) => {
                 sync_once(&replica, true).await;
@@ -189,6 +194,7 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
     }
     let send = merge(replica.fallback.take_backlog(), batch);
     let timeout = replica.policy.store_timeout();
+    let ticket = replica.ticket();
     let answer = if !send.is_empty() {
         let record = replica.store.record(&replica.name, &replica.policy, send);
         tokio::time::timeout(timeout, record).await
@@ -200,7 +206,7 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
     };
     let error: &dyn std::fmt::Display = match &answer {
         Ok(Ok(snapshot)) => {
-            replica.store_back(*snapshot);
+            replica.store_back(ticket, *snapshot);
             return true;
         }
         Ok(Err(error)) => error,

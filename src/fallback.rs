@@ -2,7 +2,7 @@
 //! a private breaker with the same policy, so the breaker never becomes the
 //! outage and never stops protecting the dependency either.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::time::Instant;
@@ -61,6 +61,8 @@ pub(crate) struct Fallback {
     local: Mutex<Option<Machine>>,
     /// Outcomes counted while the store could not take them.
     backlog: Mutex<OutcomeBatch>,
+    /// Lease ids of the private breaker's permits.
+    next_lease: AtomicU64,
     epoch: Instant,
 }
 
@@ -71,6 +73,7 @@ impl Fallback {
             mode: AtomicU8::new(StoreFailure::Local.code()),
             local: Mutex::new(None),
             backlog: Mutex::new(OutcomeBatch::default()),
+            next_lease: AtomicU64::new(1),
             epoch: Instant::now(),
         }
     }
@@ -138,7 +141,8 @@ impl Fallback {
         let now = self.now();
         let mut guard = self.lock();
         let machine = guard.as_mut()?;
-        Some(machine.acquire(p, now))
+        let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        Some(machine.acquire(p, now, lease))
     }
 
     /// Returns a private probe permit granted under `generation` (of the

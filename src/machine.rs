@@ -64,7 +64,6 @@ pub(crate) struct Machine {
     /// Instances that tripped their own breaker, and when (likewise).
     pub(crate) tripped: Vec<Seen>,
     pub(crate) probe_successes: u32,
-    pub(crate) next_lease: u64,
     pub(crate) leases: Vec<Lease>,
     pub(crate) buckets: Vec<Bucket>,
 }
@@ -86,7 +85,6 @@ impl Machine {
             failing: Vec::new(),
             tripped: Vec::new(),
             probe_successes: 0,
-            next_lease: 1,
             leases: Vec::new(),
             buckets: Vec::new(),
         }
@@ -146,34 +144,40 @@ impl Machine {
         }
     }
 
-    /// Asks for a half-open probe permit. Moves an open breaker whose break is
-    /// over to half-open; grants a lease while fewer than `permits` are out.
-    pub(crate) fn acquire(&mut self, p: &Params, now: u64) -> Acquired {
+    /// Asks for a half-open probe permit under the id `lease` the caller chose.
+    /// Moves an open breaker whose break is over to half-open; grants the
+    /// lease while fewer than `permits` are out. Asking again with an id that
+    /// holds a live lease answers with that lease (a retried request takes no
+    /// second permit), and because the caller knows the id before it asks, it
+    /// can free a permit it never heard back about (see [`Machine::release`]).
+    pub(crate) fn acquire(&mut self, p: &Params, now: u64, lease: u64) -> Acquired {
         self.expire(now);
         if self.state == State::Open && now >= self.open_until {
             self.transition(State::HalfOpen);
         }
-        let mut lease = None;
+        let mut granted = None;
         if self.state == State::HalfOpen {
             self.leases.retain(|l| l.deadline > now);
-            if self.live_leases(now) < p.permits {
-                let id = self.next_lease;
-                self.next_lease += 1;
+            if self.leases.iter().any(|l| l.id == lease) {
+                granted = Some(lease);
+            } else if lease != 0 && self.live_leases(now) < p.permits {
                 self.leases.push(Lease {
-                    id,
-                    deadline: now + p.lease_ms,
+                    id: lease,
+                    deadline: now.saturating_add(p.lease_ms),
                 });
-                lease = Some(id);
+                granted = Some(lease);
             }
         }
         Acquired {
-            lease,
+            lease: granted,
             snapshot: self.snapshot(p, now),
         }
     }
 
     /// Returns a probe's permit with its result. A result for another generation
-    /// is dropped (the breaker has moved on without it).
+    /// is dropped (the breaker has moved on without it). Generation 0 is a
+    /// blind release of an acquire whose answer never arrived: it frees the
+    /// permit if that id holds one, and counts nothing.
     pub(crate) fn release(
         &mut self,
         p: &Params,
@@ -184,7 +188,16 @@ impl Machine {
         rand16: u32,
     ) {
         self.expire(now);
-        if generation != self.generation || self.state != State::HalfOpen {
+        if self.state != State::HalfOpen {
+            return;
+        }
+        if generation == 0 {
+            // Blind: the caller never learned whether (or under which
+            // generation) the permit was granted; free it, count nothing.
+            self.leases.retain(|l| l.id != lease);
+            return;
+        }
+        if generation != self.generation {
             return;
         }
         self.leases.retain(|l| l.id != lease);

@@ -92,31 +92,39 @@ impl ProbePermit {
             }
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(breaker = %self.replica.name, "no tokio runtime to return a probe permit; it frees itself when its lease ends");
-            return;
-        };
-        let replica = self.replica.clone();
-        let (generation, lease) = (self.generation, self.lease);
-        runtime.spawn(async move {
-            let release = replica.store.release(
-                &replica.name,
-                &replica.policy,
-                generation,
-                lease,
-                result,
-            );
-            match tokio::time::timeout(replica.policy.store_timeout(), release).await {
-                Ok(Ok(snapshot)) => replica.apply(snapshot),
-                Ok(Err(error)) => {
-                    tracing::warn!(breaker = %replica.name, %error, "could not return a probe permit; it frees itself when its lease ends")
-                }
-                Err(_) => {
-                    tracing::warn!(breaker = %replica.name, "returning a probe permit timed out; it frees itself when its lease ends")
-                }
-            }
-        });
+        release_in_background(&self.replica, self.generation, self.lease, result);
     }
+}
+
+/// Returns a permit to the store in the background (the caller never waits):
+/// with `generation` 0, blindly (see [`Store::release`](crate::Store::release)).
+/// If the store cannot be reached, the lease frees itself after `probe_lease`.
+pub(crate) fn release_in_background(
+    replica: &Arc<Replica>,
+    generation: u64,
+    lease: u64,
+    result: ProbeResult,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(breaker = %replica.name, "no tokio runtime to return a probe permit; it frees itself when its lease ends");
+        return;
+    };
+    let replica = replica.clone();
+    runtime.spawn(async move {
+        let ticket = replica.ticket();
+        let release = replica
+            .store
+            .release(&replica.name, &replica.policy, generation, lease, result);
+        match tokio::time::timeout(replica.policy.store_timeout(), release).await {
+            Ok(Ok(snapshot)) => replica.adopt(ticket, snapshot),
+            Ok(Err(error)) => {
+                tracing::warn!(breaker = %replica.name, %error, "could not return a probe permit; it frees itself when its lease ends")
+            }
+            Err(_) => {
+                tracing::warn!(breaker = %replica.name, "returning a probe permit timed out; it frees itself when its lease ends")
+            }
+        }
+    });
 }
 
 impl Drop for ProbePermit {

@@ -20,7 +20,7 @@ use crate::fallback::{Fallback, StoreFailure};
 use crate::local::{LocalWindow, Pending};
 use crate::machine::break_ms;
 use crate::permit::{Admission, ProbePermit};
-use crate::rand::{instance_id, rand16};
+use crate::rand::{instance_id, instance_id as lease_id, rand16};
 use crate::store::{OutcomeBatch, Store};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
 
@@ -80,6 +80,11 @@ pub(crate) struct Replica {
     instance: u64,
     /// Wakes calls waiting for the first answer of the store.
     synced: Notify,
+    /// Tickets of this replica's own store calls, in the order they were
+    /// asked, and the last ticket issued when the state held now was
+    /// adopted: an answer to a question asked after that is authoritative.
+    issued: AtomicU64,
+    adopted_at: AtomicU64,
     /// A probe-permit request to the store is in flight from this process.
     probing: AtomicBool,
     /// Wakes the driver for an early flush (a failure was counted).
@@ -104,6 +109,8 @@ impl Replica {
             trip_pending: AtomicBool::new(false),
             instance: instance_id(),
             synced: Notify::new(),
+            issued: AtomicU64::new(0),
+            adopted_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             driver_started: AtomicBool::new(false),
@@ -406,6 +413,8 @@ impl Replica {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    self.adopted_at
+                        .store(self.issued.load(Ordering::Acquire), Ordering::Release);
                     if snapshot.generation != generation {
                         if generation == 0 {
                             self.synced.notify_waiters();
@@ -426,6 +435,52 @@ impl Replica {
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// A ticket for a store call about to be made; pass it to
+    /// [`adopt`](Self::adopt) with the answer.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Adopts the store's answer to this replica's own call (asked with
+    /// `ticket`). A newer generation is applied as any snapshot is. An older
+    /// one means the store went back (a failover or restore lost writes, the
+    /// key was re-created) or the state held now came from a false
+    /// announcement: if the question was asked after that state was adopted,
+    /// the answer is the truth and replaces it; an answer that is merely late
+    /// (overtaken by a newer one) is ignored.
+    pub(crate) fn adopt(&self, ticket: u64, snapshot: Snapshot) {
+        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        if snapshot.generation >= generation {
+            self.apply(snapshot);
+            return;
+        }
+        if ticket <= self.adopted_at.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::warn!(
+            breaker = %self.name,
+            held = generation,
+            store = snapshot.generation,
+            state = %snapshot.state,
+            "the store's generation went back (failover, restore or re-created key); following the store"
+        );
+        self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
+        self.discard_outcomes();
+    }
+
+    /// Applies an announcement of the store: a hint, not an answer. Only the
+    /// next generation is applied directly; anything else (a gap after missed
+    /// announcements, or a forged message) returns `false`, and the caller
+    /// re-reads the shared state instead.
+    pub(crate) fn apply_hint(&self, snapshot: Snapshot) -> bool {
+        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        if snapshot.generation == generation.saturating_add(1) && generation != 0 {
+            self.apply(snapshot);
+            return true;
+        }
+        snapshot.generation <= generation
     }
 
     /// The snapshot the hot path works from.
@@ -450,20 +505,26 @@ impl Replica {
         if self.fallback.is_degraded() {
             return self.degraded_admission();
         }
+        // The permit's id is ours before we ask: if the answer never reaches
+        // us (timeout, cancelled call), the guard frees it blindly.
+        let mut unanswered = Unanswered::new(self.clone(), lease_id());
+        let ticket = self.ticket();
         let answer = tokio::time::timeout(
             self.policy.store_timeout(),
-            self.store.acquire(&self.name, &self.policy),
+            self.store
+                .acquire(&self.name, &self.policy, unanswered.lease),
         )
         .await;
         match answer {
             Ok(Ok(acquired)) => {
+                unanswered.answered();
                 let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
                 if self.is_local() && acquired.snapshot.generation == generation {
                     // The fleet is closed; this replica tripped alone and its
                     // break is over: one local probe decides.
                     return Ok(self.probe_locally(generation));
                 }
-                self.apply(acquired.snapshot);
+                self.adopt(ticket, acquired.snapshot);
                 let snapshot = acquired.snapshot;
                 match acquired.lease {
                     Some(lease) => Ok(Admission::Probe(Box::new(ProbePermit::new(
@@ -575,13 +636,14 @@ impl Replica {
         }
     }
 
-    /// The store answered: adopt its state (even over what was decided alone).
-    pub(crate) fn store_back(&self, snapshot: Snapshot) {
+    /// The store answered a call asked with `ticket`: adopt its state (even
+    /// over what was decided alone).
+    pub(crate) fn store_back(&self, ticket: u64, snapshot: Snapshot) {
         if self.fallback.leave() {
             tracing::info!(breaker = %self.name, state = %snapshot.state, "store reachable again; following the shared state");
             self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
         } else {
-            self.apply(snapshot);
+            self.adopt(ticket, snapshot);
         }
     }
 
@@ -606,6 +668,8 @@ impl Replica {
         self.set_deadline(remaining);
         self.snapshot
             .store(pack(state, generation, false), Ordering::Release);
+        self.adopted_at
+            .store(self.issued.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// Ends the current rejection `remaining` from now; written before the
@@ -626,6 +690,41 @@ impl Replica {
 
     fn now_nanos(&self) -> u64 {
         nanos(self.epoch.elapsed())
+    }
+}
+
+/// A probe-permit request whose answer has not arrived: dropped so (timed
+/// out, or the caller's future cancelled), it frees the permit blindly.
+struct Unanswered {
+    replica: Arc<Replica>,
+    lease: u64,
+    pending: bool,
+}
+
+impl Unanswered {
+    fn new(replica: Arc<Replica>, lease: u64) -> Self {
+        Self {
+            replica,
+            lease,
+            pending: true,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.pending = false;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.pending {
+            crate::permit::release_in_background(
+                &self.replica,
+                0,
+                self.lease,
+                crate::store::ProbeResult::Cancelled,
+            );
+        }
     }
 }
 

@@ -319,12 +319,13 @@ impl distributed_circuit_breaker::Store for Counting {
         &'a self,
         name: &'a distributed_circuit_breaker::BreakerName,
         policy: &'a distributed_circuit_breaker::Policy,
+        lease: u64,
     ) -> distributed_circuit_breaker::store::StoreFuture<
         'a,
         distributed_circuit_breaker::store::Acquired,
     > {
         self.count();
-        self.inner.acquire(name, policy)
+        self.inner.acquire(name, policy, lease)
     }
 
     fn release<'a>(

@@ -98,18 +98,33 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.snapshot(&b, &p).await.unwrap().state, State::Closed);
 
     // No permit before the break ends; exactly one after.
-    let early = store.acquire(&a, &p).await.unwrap();
+    let early = store.acquire(&a, &p, 11).await.unwrap();
     assert_eq!(early.lease, None);
     assert_eq!(early.snapshot.state, State::Open);
     tokio::time::sleep(early.snapshot.remaining + Duration::from_millis(20)).await;
-    let first = store.acquire(&a, &p).await.unwrap();
+    let first = store.acquire(&a, &p, 12).await.unwrap();
     let lease = first.lease.expect("a permit after the break");
+    assert_eq!(lease, 12, "the permit carries the id asked with");
     assert_eq!(first.snapshot.state, State::HalfOpen);
     assert_eq!(
-        store.acquire(&a, &p).await.unwrap().lease,
+        store.acquire(&a, &p, 13).await.unwrap().lease,
         None,
         "one permit fleet-wide"
     );
+    assert_eq!(
+        store.acquire(&a, &p, 12).await.unwrap().lease,
+        Some(12),
+        "asking again with the same id answers the same permit"
+    );
+    // A blind release (generation 0) frees the permit and counts nothing.
+    let freed = store
+        .release(&a, &p, 0, 12, ProbeResult::Failure)
+        .await
+        .unwrap();
+    assert_eq!(freed.state, State::HalfOpen);
+    assert_eq!(freed.generation, first.snapshot.generation);
+    let first = store.acquire(&a, &p, 14).await.unwrap();
+    let lease = first.lease.expect("the freed permit is granted again");
 
     // A success closes.
     let closed = store
@@ -131,7 +146,7 @@ async fn conformance(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(forced.state, State::ForcedOpen);
-    assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None);
+    assert_eq!(store.acquire(&a, &p, 21).await.unwrap().lease, None);
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(store.snapshot(&a, &p).await.unwrap().state, State::Closed);
 
@@ -139,11 +154,11 @@ async fn conformance(store: Arc<dyn Store>) {
     let g = store.snapshot(&a, &p).await.unwrap().generation;
     let s = store.record(&a, &p, failures(g, 3)).await.unwrap();
     tokio::time::sleep(s.remaining + Duration::from_millis(20)).await;
-    assert!(store.acquire(&a, &p).await.unwrap().lease.is_some());
-    assert_eq!(store.acquire(&a, &p).await.unwrap().lease, None);
+    assert!(store.acquire(&a, &p, 31).await.unwrap().lease.is_some());
+    assert_eq!(store.acquire(&a, &p, 32).await.unwrap().lease, None);
     tokio::time::sleep(p.probe_lease() + Duration::from_millis(20)).await;
     assert!(
-        store.acquire(&a, &p).await.unwrap().lease.is_some(),
+        store.acquire(&a, &p, 33).await.unwrap().lease.is_some(),
         "the lease ran out"
     );
 }

@@ -256,12 +256,12 @@ fn open_becomes_half_open_only_after_the_break() {
     let p = consecutive(1);
     let mut m = tripped(&p);
     let open_gen = m.generation;
-    let early = m.acquire(&p, 999);
+    let early = m.acquire(&p, 999, 101);
     assert_eq!(early.lease, None);
     assert_eq!(early.snapshot.state, State::Open);
     assert_eq!(early.snapshot.remaining, Duration::from_millis(1));
-    let probe = m.acquire(&p, 1000);
-    assert_eq!(probe.lease, Some(1));
+    let probe = m.acquire(&p, 1000, 102);
+    assert_eq!(probe.lease, Some(102));
     assert_eq!(probe.snapshot.state, State::HalfOpen);
     assert_eq!(probe.snapshot.generation, open_gen + 1);
 }
@@ -270,13 +270,17 @@ fn open_becomes_half_open_only_after_the_break() {
 fn half_open_grants_exactly_the_permits_and_reissues_expired_leases() {
     let p = consecutive(1);
     let mut m = tripped(&p);
-    assert!(m.acquire(&p, 1000).lease.is_some());
-    let denied = m.acquire(&p, 1100);
+    assert!(m.acquire(&p, 1000, 103).lease.is_some());
+    let denied = m.acquire(&p, 1100, 104);
     assert_eq!(denied.lease, None);
     // The next permit frees in 400ms, but processes ask again every sync interval.
     assert_eq!(denied.snapshot.remaining, Duration::from_millis(100));
-    assert_eq!(m.acquire(&p, 1499).lease, None);
-    assert_eq!(m.acquire(&p, 1500).lease, Some(2), "the lease ran out");
+    assert_eq!(m.acquire(&p, 1499, 105).lease, None);
+    assert_eq!(
+        m.acquire(&p, 1500, 106).lease,
+        Some(106),
+        "the lease ran out"
+    );
 }
 
 #[test]
@@ -290,13 +294,13 @@ fn probe_success_closes_and_failure_reopens_with_backoff() {
             .half_open_permits(2),
     );
     let mut m = tripped(&p);
-    let a = m.acquire(&p, 1000).lease.unwrap();
+    let a = m.acquire(&p, 1000, 107).lease.unwrap();
     let gen = m.generation;
     m.release(&p, 1010, gen, a, ProbeResult::Failure, 0);
     assert_eq!(m.state, State::Open);
     assert_eq!(m.open_until, 1010 + 2000, "second open in a row doubles");
-    let a = m.acquire(&p, 3010).lease.unwrap();
-    let b = m.acquire(&p, 3010).lease.unwrap();
+    let a = m.acquire(&p, 3010, 108).lease.unwrap();
+    let b = m.acquire(&p, 3010, 109).lease.unwrap();
     let gen = m.generation;
     m.release(&p, 3020, gen, a, ProbeResult::Success, 0);
     assert_eq!(m.state, State::HalfOpen);
@@ -306,21 +310,43 @@ fn probe_success_closes_and_failure_reopens_with_backoff() {
 }
 
 #[test]
+fn a_permit_is_asked_for_by_id_and_freed_blindly() {
+    let p = consecutive(1);
+    let mut m = tripped(&p);
+    assert_eq!(m.acquire(&p, 1000, 7).lease, Some(7));
+    assert_eq!(
+        m.acquire(&p, 1001, 7).lease,
+        Some(7),
+        "asked again: the same permit"
+    );
+    assert_eq!(m.acquire(&p, 1001, 8).lease, None, "one permit");
+    // The asker of 7 never heard back: it frees the permit blindly.
+    m.release(&p, 1002, 0, 7, ProbeResult::Failure, 0);
+    assert_eq!(m.state, State::HalfOpen, "a blind release counts nothing");
+    assert_eq!(m.acquire(&p, 1003, 8).lease, Some(8));
+    // An expired lease re-granted to another id is not freed by the old one.
+    assert_eq!(m.acquire(&p, 1003 + 500, 9).lease, Some(9));
+    let g = m.generation;
+    m.release(&p, 1504, g, 8, ProbeResult::Success, 0);
+    assert_eq!(m.state, State::Closed);
+}
+
+#[test]
 fn cancelled_probe_frees_its_permit() {
     let p = consecutive(1);
     let mut m = tripped(&p);
-    let lease = m.acquire(&p, 1000).lease.unwrap();
+    let lease = m.acquire(&p, 1000, 110).lease.unwrap();
     let gen = m.generation;
     m.release(&p, 1001, gen, lease, ProbeResult::Cancelled, 0);
     assert_eq!(m.state, State::HalfOpen);
-    assert!(m.acquire(&p, 1002).lease.is_some());
+    assert!(m.acquire(&p, 1002, 111).lease.is_some());
 }
 
 #[test]
 fn late_probe_result_from_an_old_generation_is_ignored() {
     let p = consecutive(1);
     let mut m = tripped(&p);
-    let lease = m.acquire(&p, 1000).lease.unwrap();
+    let lease = m.acquire(&p, 1000, 112).lease.unwrap();
     let gen = m.generation;
     m.force(1001, Force::Reset);
     m.release(&p, 1002, gen, lease, ProbeResult::Failure, 0);
@@ -335,9 +361,9 @@ fn forced_states_hold_and_expire() {
     m.force(0, Force::Open(Some(Duration::from_millis(300))));
     assert_eq!(m.state, State::ForcedOpen);
     assert_eq!(m.generation, g + 1);
-    assert_eq!(m.acquire(&p, 100).lease, None);
+    assert_eq!(m.acquire(&p, 100, 113).lease, None);
     assert_eq!(m.snapshot(&p, 100).remaining, Duration::from_millis(200));
-    let after = m.acquire(&p, 300);
+    let after = m.acquire(&p, 300, 114);
     assert_eq!(after.snapshot.state, State::Closed);
     assert_eq!(after.snapshot.generation, g + 2);
 
@@ -401,7 +427,6 @@ struct Model {
     tripped: BTreeMap<u64, u64>,
     probe_successes: u32,
     leases: BTreeMap<u64, u64>,
-    next_lease: u64,
 }
 
 impl Model {
@@ -419,7 +444,6 @@ impl Model {
             tripped: BTreeMap::new(),
             probe_successes: 0,
             leases: BTreeMap::new(),
-            next_lease: 1,
         }
     }
 
@@ -532,7 +556,7 @@ impl Model {
         }
     }
 
-    fn acquire(&mut self, p: &Params, now: u64) -> Option<u64> {
+    fn acquire(&mut self, p: &Params, now: u64, id: u64) -> Option<u64> {
         self.expire(now);
         if self.state == State::Open && now >= self.open_until {
             self.enter(State::HalfOpen);
@@ -541,18 +565,26 @@ impl Model {
             return None;
         }
         self.leases.retain(|_, deadline| *deadline > now);
+        if self.leases.contains_key(&id) {
+            return Some(id);
+        }
         if self.leases.len() as u32 >= p.permits {
             return None;
         }
-        let id = self.next_lease;
-        self.next_lease += 1;
         self.leases.insert(id, now + p.lease_ms);
         Some(id)
     }
 
     fn release(&mut self, p: &Params, now: u64, gen: u64, lease: u64, r: ProbeResult, rand16: u32) {
         self.expire(now);
-        if gen != self.generation || self.state != State::HalfOpen {
+        if self.state != State::HalfOpen {
+            return;
+        }
+        if gen == 0 {
+            self.leases.remove(&lease);
+            return;
+        }
+        if gen != self.generation {
             return;
         }
         self.leases.remove(&lease);
@@ -618,11 +650,17 @@ pub(crate) enum Op {
         instance: u64,
         tripped: bool,
     },
-    Acquire,
+    /// Ask for a permit, with a new id or (`again`) an id asked with before.
+    Acquire {
+        again: Option<usize>,
+    },
+    /// Return the `pick`-th permit granted: stale (older generation) or blind
+    /// (generation 0, as after a lost answer).
     Release {
         pick: usize,
         result: u8,
         stale: bool,
+        blind: bool,
     },
     Force {
         kind: u8,
@@ -647,8 +685,8 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
             instance,
             tripped,
         }),
-        3 => Just(Op::Acquire),
-        3 => (0usize..4, 0u8..3, any::<bool>()).prop_map(|(pick, result, stale)| Op::Release { pick, result, stale: stale && pick == 0 }),
+        3 => proptest::option::weighted(0.2, 0usize..3).prop_map(|again| Op::Acquire { again }),
+        3 => (0usize..4, 0u8..3, any::<bool>(), prop::bool::weighted(0.15)).prop_map(|(pick, result, stale, blind)| Op::Release { pick, result, stale: stale && pick == 0, blind }),
         1 => (0u8..4, proptest::option::of(1u64..400)).prop_map(|(kind, ms)| Op::Force { kind, ms }),
         4 => (0u64..400).prop_map(Op::Advance),
     ]
@@ -714,6 +752,8 @@ proptest! {
         let mut machine = Machine::new(now);
         let mut model = Model::new(now);
         let mut granted: Vec<(u64, u64)> = vec![];
+        let mut asked: Vec<u64> = vec![];
+        let mut next_id = 0u64;
         for (op, rand16) in ops {
             match op {
                 Op::Record { stale, successes, failures, slow, trailing, success_age, run_age, instance, tripped } => {
@@ -729,17 +769,20 @@ proptest! {
                     machine.record(&p, now, &b, rand16);
                     model.record(&p, now, &b, rand16);
                 }
-                Op::Acquire => {
-                    let got = machine.acquire(&p, now);
-                    let want = model.acquire(&p, now);
+                Op::Acquire { again } => {
+                    next_id += 1;
+                    let id = again.and_then(|i| asked.get(i).copied()).unwrap_or(next_id);
+                    asked.insert(0, id);
+                    let got = machine.acquire(&p, now, id);
+                    let want = model.acquire(&p, now, id);
                     prop_assert_eq!(got.lease, want);
                     if let Some(lease) = got.lease {
                         granted.insert(0, (machine.generation, lease));
                     }
                 }
-                Op::Release { pick, result, stale } => {
+                Op::Release { pick, result, stale, blind } => {
                     if let Some(&(gen, lease)) = granted.get(pick) {
-                        let gen = gen - u64::from(stale);
+                        let gen = if blind { 0 } else { gen - u64::from(stale) };
                         let r = [ProbeResult::Success, ProbeResult::Failure, ProbeResult::Cancelled][result as usize];
                         machine.release(&p, now, gen, lease, r, rand16);
                         model.release(&p, now, gen, lease, r, rand16);

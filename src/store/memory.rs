@@ -158,8 +158,9 @@ impl Store for MemoryStore {
         &'a self,
         name: &'a BreakerName,
         policy: &'a Policy,
+        lease: u64,
     ) -> StoreFuture<'a, Acquired> {
-        let (acquired, _) = self.step(name, policy, |m, p, now| m.acquire(p, now));
+        let (acquired, _) = self.step(name, policy, |m, p, now| m.acquire(p, now, lease));
         ready(acquired)
     }
 

@@ -84,7 +84,7 @@ impl OutcomeBatch {
 /// The answer to [`Store::acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acquired {
-    /// The lease id of the granted permit, if one was granted.
+    /// The lease id of the granted permit (the id asked with), if granted.
     pub lease: Option<u64>,
     /// The breaker after the request.
     pub snapshot: Snapshot,
@@ -183,15 +183,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         batch: OutcomeBatch,
     ) -> StoreFuture<'a, Snapshot>;
 
-    /// Asks for a half-open probe permit (moving an open breaker whose break is
-    /// over to half-open).
+    /// Asks for a half-open probe permit under the id `lease`, chosen by the
+    /// caller and unique to this request (moving an open breaker whose break
+    /// is over to half-open). Asking again with an id that holds a live
+    /// permit answers with that permit.
     fn acquire<'a>(
         &'a self,
         name: &'a BreakerName,
         policy: &'a Policy,
+        lease: u64,
     ) -> StoreFuture<'a, Acquired>;
 
-    /// Returns a probe permit with the probe's result.
+    /// Returns a probe permit with the probe's result. With `generation` 0 the
+    /// release is blind: the caller never heard whether the permit was
+    /// granted (its request timed out or was cancelled); the permit is freed
+    /// if `lease` holds one, and nothing is counted.
     fn release<'a>(
         &'a self,
         name: &'a BreakerName,
@@ -239,8 +245,9 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
         &'a self,
         name: &'a BreakerName,
         policy: &'a Policy,
+        lease: u64,
     ) -> StoreFuture<'a, Acquired> {
-        (**self).acquire(name, policy)
+        (**self).acquire(name, policy, lease)
     }
 
     fn release<'a>(

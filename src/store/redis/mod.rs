@@ -426,7 +426,7 @@ fn map_error(error: RedisError) -> StoreError {
     StoreError::new(kind, text)
 }
 
-/// Instance ids travel as 52-bit numbers: exact in the scripts' doubles.
+/// Instance and lease ids travel as 52-bit numbers: exact in the scripts' doubles.
 const INSTANCE_MASK: u64 = (1 << 52) - 1;
 
 fn millis(d: Duration) -> u64 {
@@ -463,10 +463,12 @@ impl Store for RedisStore {
         &'a self,
         name: &'a BreakerName,
         policy: &'a Policy,
+        lease: u64,
     ) -> StoreFuture<'a, Acquired> {
         Box::pin(async move {
+            let args = [lease & INSTANCE_MASK];
             let reply = self
-                .run(&self.inner.scripts.acquire, name, policy, &[], 0)
+                .run(&self.inner.scripts.acquire, name, policy, &args, 0)
                 .await?;
             Ok(Acquired {
                 lease: reply.lease,

@@ -45,6 +45,8 @@ fn lua_scripts_match_the_rust_machine() {
         let mut now = 1_700_000_000_000u64 + n * 10_000_000;
         let mut machine = Machine::new(now);
         let mut granted: Vec<(u64, u64)> = vec![];
+        let mut asked: Vec<u64> = vec![];
+        let mut next_id = 0u64;
         // Create the breaker at `now` in both.
         let first = rt.block_on(s.run_with(&scripts.read, &name, &p, &[], now, 0)).unwrap();
         prop_assert_eq!(first.snapshot, machine.snapshot(&p, now));
@@ -67,18 +69,21 @@ fn lua_scripts_match_the_rust_machine() {
                     ];
                     rt.block_on(s.run_with(&scripts.record, &name, &p, &args, now, rand16)).unwrap()
                 }
-                Op::Acquire => {
-                    let want = machine.acquire(&p, now);
-                    let got = rt.block_on(s.run_with(&scripts.acquire, &name, &p, &[], now, rand16)).unwrap();
+                Op::Acquire { again } => {
+                    next_id += 1;
+                    let id = again.and_then(|i| asked.get(i).copied()).unwrap_or(next_id);
+                    asked.insert(0, id);
+                    let want = machine.acquire(&p, now, id);
+                    let got = rt.block_on(s.run_with(&scripts.acquire, &name, &p, &[id], now, rand16)).unwrap();
                     prop_assert_eq!(got.lease, want.lease);
                     if let Some(lease) = got.lease {
                         granted.insert(0, (machine.generation, lease));
                     }
                     got
                 }
-                Op::Release { pick, result, stale } => {
+                Op::Release { pick, result, stale, blind } => {
                     let Some(&(generation, lease)) = granted.get(pick) else { continue };
-                    let generation = generation - u64::from(stale);
+                    let generation = if blind { 0 } else { generation - u64::from(stale) };
                     let r = [ProbeResult::Success, ProbeResult::Failure, ProbeResult::Cancelled][result as usize];
                     machine.release(&p, now, generation, lease, r, rand16);
                     let args = [generation, lease, u64::from(result)];

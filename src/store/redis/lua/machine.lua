@@ -44,7 +44,7 @@ local function int(n)
 end
 
 local function fresh(generation)
-  return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, rs = 0, sa = 0, ps = 0, nl = 1,
+  return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, rs = 0, sa = 0, ps = 0,
     leases = {}, w = {}, fi = {}, tr = {} }
 end
 
@@ -76,12 +76,12 @@ local function load()
   local m = {
     st = tonumber(f.st), g = tonumber(f.g), ou = tonumber(f.ou), fu = tonumber(f.fu), op = tonumber(f.op),
     cf = tonumber(f.cf), rs = tonumber(f.rs or '0'), sa = tonumber(f.sa or '0'), ps = tonumber(f.ps),
-    nl = tonumber(f.nl), leases = {}, w = {}, fi = {}, tr = {},
+    leases = {}, w = {}, fi = {}, tr = {},
   }
   local ok = v == SCHEMA and valid_int(m.st, 0, 5) and valid_int(m.g, 1, big) and valid_int(m.ou, 0, big)
     and valid_int(m.fu, 0, big) and valid_int(m.op, 0, 4294967295) and valid_int(m.cf, 0, big)
     and valid_int(m.rs, 0, big) and valid_int(m.sa, 0, big)
-    and valid_int(m.ps, 0, 4294967295) and valid_int(m.nl, 1, big)
+    and valid_int(m.ps, 0, 4294967295)
   if ok then
     for item in string.gmatch(f.ls or '', '[^,]+') do
       local id, dl = string.match(item, '^(%d+):(%d+)$')
@@ -134,7 +134,7 @@ local function save(m)
     seen[field] = table.concat(items, ',')
   end
   redis.call('HSET', key, 'v', int(SCHEMA), 'st', int(m.st), 'g', int(m.g), 'ou', int(m.ou), 'fu', int(m.fu),
-    'op', int(m.op), 'cf', int(m.cf), 'rs', int(m.rs), 'sa', int(m.sa), 'ps', int(m.ps), 'nl', int(m.nl),
+    'op', int(m.op), 'cf', int(m.cf), 'rs', int(m.rs), 'sa', int(m.sa), 'ps', int(m.ps),
     'ls', table.concat(leases, ','), 'w', table.concat(window, ','), 'fi', seen.fi, 'tr', seen.tr)
   redis.call('PEXPIRE', key, int(P.ttl_ms))
 end
