@@ -192,7 +192,7 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
         }
         batch = OutcomeBatch::default(); // kept in the backlog already
     }
-    let send = merge(replica.fallback.take_backlog(), batch);
+    let send = merge(replica.fallback.take_backlog(replica.policy.window()), batch);
     let timeout = replica.policy.store_timeout();
     let ticket = replica.ticket();
     let answer = if !send.is_empty() {

@@ -59,8 +59,9 @@ pub(crate) struct Fallback {
     /// The private breaker, present while degraded in `Local` mode. Locked only
     /// off the closed hot path (flushes, probe permits).
     local: Mutex<Option<Machine>>,
-    /// Outcomes counted while the store could not take them.
-    backlog: Mutex<OutcomeBatch>,
+    /// Outcomes counted while the store could not take them, and when the
+    /// oldest of them was kept.
+    backlog: Mutex<(OutcomeBatch, Option<Instant>)>,
     /// Lease ids of the private breaker's permits.
     next_lease: AtomicU64,
     epoch: Instant,
@@ -72,7 +73,7 @@ impl Fallback {
             degraded: AtomicBool::new(false),
             mode: AtomicU8::new(StoreFailure::Local.code()),
             local: Mutex::new(None),
-            backlog: Mutex::new(OutcomeBatch::default()),
+            backlog: Mutex::new((OutcomeBatch::default(), None)),
             next_lease: AtomicU64::new(1),
             epoch: Instant::now(),
         }
@@ -161,29 +162,51 @@ impl Fallback {
         Some(machine.snapshot(p, now))
     }
 
-    /// Takes the outcomes the store has not taken yet.
-    pub(crate) fn take_backlog(&self) -> OutcomeBatch {
-        std::mem::take(&mut *self.backlog())
+    /// Takes the outcomes the store has not taken yet, unless they are older
+    /// than `window`: outcomes that left the window must not trip a breaker
+    /// that has recovered meanwhile.
+    pub(crate) fn take_backlog(&self, window: std::time::Duration) -> OutcomeBatch {
+        let (batch, since) = std::mem::take(&mut *self.backlog());
+        match since {
+            Some(since) if since.elapsed() >= window => {
+                tracing::debug!(
+                    outcomes = batch.successes + batch.failures,
+                    "dropping outcomes kept for longer than the window"
+                );
+                OutcomeBatch::default()
+            }
+            _ => batch,
+        }
     }
 
     /// Keeps outcomes the store could not take, to hand over on recovery.
-    /// They count toward the window of whatever generation is current then
-    /// (generation 0), but neither extend nor break the fleet's run of
-    /// failures (their times are not known any more), and a local trip in
-    /// them is not replayed.
+    /// They keep the generation they were counted under (the store drops
+    /// them if the breaker moved on; outcomes of another generation kept
+    /// earlier are dropped here), count toward the window but neither extend
+    /// nor break the fleet's run of failures (their times are not known any
+    /// more), and a local trip in them is not replayed.
     pub(crate) fn keep_backlog(&self, batch: OutcomeBatch) {
-        let mut backlog = self.backlog();
+        if batch.is_empty() {
+            return;
+        }
+        let mut guard = self.backlog();
+        let (backlog, since) = &mut *guard;
+        if backlog.generation != batch.generation {
+            *backlog = OutcomeBatch::default();
+            *since = None;
+        }
         let merged = merge(*backlog, batch);
         *backlog = OutcomeBatch {
-            generation: 0,
+            generation: batch.generation,
             success_age_ms: OutcomeBatch::UNKNOWN_AGE,
             run_age_ms: OutcomeBatch::UNKNOWN_AGE,
             tripped: false,
             ..merged
         };
+        since.get_or_insert_with(Instant::now);
     }
 
-    fn backlog(&self) -> MutexGuard<'_, OutcomeBatch> {
+    fn backlog(&self) -> MutexGuard<'_, (OutcomeBatch, Option<Instant>)> {
         self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -202,13 +225,17 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Two batches as one, `later` after `earlier`.
+/// Two batches as one, `later` after `earlier`. Outcomes of another
+/// generation than `later`'s are dropped: the store would drop them.
 pub(crate) fn merge(earlier: OutcomeBatch, later: OutcomeBatch) -> OutcomeBatch {
-    if earlier.is_empty() {
+    if later.is_empty() {
+        return earlier;
+    }
+    if earlier.is_empty() || earlier.generation != later.generation {
         return later;
     }
     OutcomeBatch {
-        generation: 0,
+        generation: later.generation,
         successes: earlier.successes.saturating_add(later.successes),
         failures: earlier.failures.saturating_add(later.failures),
         slow: earlier.slow.saturating_add(later.slow),
@@ -235,17 +262,36 @@ mod tests {
         assert_eq!(merge(empty, batch(7, 1, 2, 2)), batch(7, 1, 2, 2));
         let counts = |b: OutcomeBatch| (b.generation, b.successes, b.failures, b.trailing_failures);
         assert_eq!(
-            counts(merge(batch(0, 1, 2, 2), batch(7, 0, 3, 3))),
-            (0, 1, 5, 5)
+            counts(merge(batch(7, 1, 2, 2), batch(7, 0, 3, 3))),
+            (7, 1, 5, 5)
         );
         assert_eq!(
-            counts(merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1))),
-            (0, 3, 5, 1)
+            counts(merge(batch(7, 1, 2, 2), batch(7, 2, 3, 1))),
+            (7, 3, 5, 1)
+        );
+        assert_eq!(
+            counts(merge(batch(6, 1, 2, 2), batch(7, 2, 3, 1))),
+            (7, 2, 3, 1),
+            "another generation's outcomes are dropped"
         );
         // Merged outcomes no longer know when they happened.
-        let merged = merge(batch(0, 1, 2, 2), batch(7, 2, 3, 1));
+        let merged = merge(batch(7, 1, 2, 2), batch(7, 2, 3, 1));
         assert_eq!(merged.success_age_ms, OutcomeBatch::UNKNOWN_AGE);
         assert_eq!(merged.run_age_ms, OutcomeBatch::UNKNOWN_AGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_keeps_its_generation_and_expires_with_the_window() {
+        let f = Fallback::new();
+        let window = std::time::Duration::from_secs(10);
+        f.keep_backlog(batch(7, 1, 2, 2));
+        f.keep_backlog(batch(8, 0, 1, 1));
+        let kept = f.take_backlog(window);
+        assert_eq!((kept.generation, kept.failures), (8, 1), "generation 7 was dropped");
+        assert_eq!(kept.run_age_ms, OutcomeBatch::UNKNOWN_AGE);
+        f.keep_backlog(batch(8, 0, 3, 3));
+        tokio::time::advance(window).await;
+        assert!(f.take_backlog(window).is_empty(), "older than the window");
     }
 
     #[test]
