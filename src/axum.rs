@@ -34,14 +34,20 @@ impl IntoResponse for CircuitOpen {
 
 /// An error handler for axum's `HandleErrorLayer`: `503` with `Retry-After` for
 /// an open circuit, `504` for a call timeout, `500` for anything else.
+///
+/// Bodies never echo an inner error (it may hold internal addresses or
+/// credentials); the error is logged with `tracing` instead. The breaker's name
+/// is not in the body either (see [`CircuitOpen::http_response_with_name`]).
 pub async fn handle_error(error: BoxError) -> Response {
     match BreakerError::from(error) {
         BreakerError::Open(open) => open.into_response(),
         BreakerError::Timeout(timeout) => {
-            (StatusCode::GATEWAY_TIMEOUT, timeout.to_string()).into_response()
+            tracing::warn!(error = %timeout, "call timed out");
+            (StatusCode::GATEWAY_TIMEOUT, "upstream timed out").into_response()
         }
         BreakerError::Inner(error) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
+            tracing::error!(%error, "inner service failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
     }
 }

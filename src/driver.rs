@@ -39,9 +39,22 @@ pub(crate) fn start(replica: &Arc<Replica>) {
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         replica.release_driver_claim();
+        no_runtime(replica);
         return;
     };
     runtime.spawn(run(Arc::downgrade(replica)));
+}
+
+/// Says, once per breaker, that it is used outside a tokio runtime: it then
+/// judges its own outcomes (it still trips at its threshold) but cannot reach
+/// its store, and runs calls without their call timeout.
+pub(crate) fn no_runtime(replica: &Replica) {
+    if replica.warn_no_runtime() {
+        tracing::error!(
+            breaker = %replica.name,
+            "used outside a tokio runtime: deciding from this process's outcomes only, without the store and without call timeouts; run it inside a tokio runtime with the time driver enabled"
+        );
+    }
 }
 
 enum Wake {
@@ -192,7 +205,10 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
         }
         batch = OutcomeBatch::default(); // kept in the backlog already
     }
-    let send = merge(replica.fallback.take_backlog(replica.policy.window()), batch);
+    let send = merge(
+        replica.fallback.take_backlog(replica.policy.window()),
+        batch,
+    );
     let timeout = replica.policy.store_timeout();
     let ticket = replica.ticket();
     let answer = if !send.is_empty() {

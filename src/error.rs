@@ -74,9 +74,25 @@ impl CircuitOpen {
     /// # }
     /// ```
     pub fn http_response(&self) -> http::Response<String> {
+        self.response(false)
+    }
+
+    /// Like [`http_response`](Self::http_response), with the breaker's name
+    /// in the body as `"breaker"`. The name is left out by default: keyed
+    /// breakers are named after hosts, routes or tenants, which a client
+    /// should not always learn.
+    pub fn http_response_with_name(&self) -> http::Response<String> {
+        self.response(true)
+    }
+
+    fn response(&self, with_name: bool) -> http::Response<String> {
+        let name = if with_name {
+            format!(r#","breaker":{}"#, json_string(self.name.as_str()))
+        } else {
+            String::new()
+        };
         let body = format!(
-            r#"{{"error":"circuit_open","breaker":{},"state":"{}","retry_after_ms":{}}}"#,
-            json_string(self.name.as_str()),
+            r#"{{"error":"circuit_open"{name},"state":"{}","retry_after_ms":{}}}"#,
             self.state,
             self.retry_after.as_millis()
         );
@@ -225,6 +241,10 @@ mod tests {
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "3");
         assert_eq!(
             response.body(),
+            r#"{"error":"circuit_open","state":"open","retry_after_ms":2500}"#
+        );
+        assert_eq!(
+            open(2500).http_response_with_name().body(),
             r#"{"error":"circuit_open","breaker":"pay\"ments","state":"open","retry_after_ms":2500}"#
         );
     }

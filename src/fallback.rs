@@ -287,7 +287,11 @@ mod tests {
         f.keep_backlog(batch(7, 1, 2, 2));
         f.keep_backlog(batch(8, 0, 1, 1));
         let kept = f.take_backlog(window);
-        assert_eq!((kept.generation, kept.failures), (8, 1), "generation 7 was dropped");
+        assert_eq!(
+            (kept.generation, kept.failures),
+            (8, 1),
+            "generation 7 was dropped"
+        );
         assert_eq!(kept.run_age_ms, OutcomeBatch::UNKNOWN_AGE);
         f.keep_backlog(batch(8, 0, 3, 3));
         tokio::time::advance(window).await;

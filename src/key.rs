@@ -4,8 +4,10 @@
 //! client (one breaker per downstream), the matched route on a server (one per
 //! route), a tenant header, or anything a closure computes. A request without
 //! a key uses the layer's base breaker. Keys become breaker names as
-//! `{base}/{key}`, with characters a name may not hold (braces, control
-//! characters) replaced by `_` and cut to [`MAX_NAME_LEN`](crate::store::MAX_NAME_LEN) bytes.
+//! `{base}/{key}`, one name per key: `%`, `~`, braces and control characters
+//! are percent-escaped (`a{b}` becomes `a%7Bb%7D`), and a name that would be
+//! longer than [`MAX_NAME_LEN`](crate::store::MAX_NAME_LEN) bytes keeps a
+//! readable prefix and ends in `~` and 80 bits of the SHA-1 of the whole key.
 
 use std::borrow::Cow;
 
@@ -45,13 +47,16 @@ pub struct ByAuthority;
 
 impl<B> KeyExtractor<Request<B>> for ByAuthority {
     fn extract<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
+        // `user:password@` never becomes part of a breaker name (names reach
+        // Redis keys, announcements and logs).
+        let without_userinfo = |a: &'r str| a.rsplit_once('@').map_or(a, |(_, host)| host);
         request
             .uri()
             .authority()
-            .map(|a| Cow::Borrowed(a.as_str()))
+            .map(|a| Cow::Borrowed(without_userinfo(a.as_str())))
             .or_else(|| {
                 let host = request.headers().get(http::header::HOST)?;
-                host.to_str().ok().map(Cow::Borrowed)
+                host.to_str().ok().map(without_userinfo).map(Cow::Borrowed)
             })
     }
 }
@@ -99,21 +104,50 @@ impl<B> KeyExtractor<Request<B>> for ByMatchedPath {
     }
 }
 
-/// The breaker name for `key` under `base`: `{base}/{key}`, made valid.
+/// Hex digits of the key's SHA-1 that end a shortened name (80 bits).
+const HASH_HEX: usize = 20;
+
+/// The breaker name for `key` under `base`: `{base}/{key}`, escaped so that
+/// distinct keys never share a name (see the module docs).
 pub(crate) fn breaker_name(base: &str, key: &str) -> String {
     let mut name = String::with_capacity(base.len() + 1 + key.len());
     name.push_str(base);
     name.push('/');
+    let mut full = true;
+    // Room for `~` and the hash, in case the name must be shortened.
+    let limit = MAX_NAME_LEN - 1 - HASH_HEX;
+    let mut cut = None;
     for c in key.chars() {
-        let c = if c.is_control() || c == '{' || c == '}' {
-            '_'
+        let mut buf = [0u8; 12];
+        let piece: &str = if c.is_control() || matches!(c, '{' | '}' | '%' | '~') {
+            let mut utf8 = [0u8; 4];
+            let mut len = 0;
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                let hex = b"0123456789ABCDEF";
+                buf[len] = b'%';
+                buf[len + 1] = hex[usize::from(byte >> 4)];
+                buf[len + 2] = hex[usize::from(byte & 0xF)];
+                len += 3;
+            }
+            // Only ASCII was written.
+            std::str::from_utf8(&buf[..len]).unwrap_or("%")
         } else {
-            c
+            c.encode_utf8(&mut buf)
         };
-        if name.len() + c.len_utf8() > MAX_NAME_LEN {
+        if cut.is_none() && name.len() + piece.len() > limit {
+            cut = Some(name.len());
+        }
+        if name.len() + piece.len() > MAX_NAME_LEN {
+            full = false;
             break;
         }
-        name.push(c);
+        name.push_str(piece);
+    }
+    if !full {
+        name.truncate(cut.unwrap_or(name.len()));
+        let digest = sha1_smol::Sha1::from(key.as_bytes()).digest().to_string();
+        name.push('~');
+        name.push_str(&digest[..HASH_HEX]);
     }
     name
 }
@@ -125,10 +159,48 @@ mod tests {
     #[test]
     fn keys_become_valid_names() {
         assert_eq!(breaker_name("api", "host:80"), "api/host:80");
-        assert_eq!(breaker_name("api", "a{b}\nc"), "api/a_b__c");
+        assert_eq!(breaker_name("api", "a{b}\nc"), "api/a%7Bb%7D%0Ac");
         let long = breaker_name("api", &"é".repeat(300));
         assert!(long.len() <= MAX_NAME_LEN);
         assert!(crate::BreakerName::new(&long).is_ok());
+    }
+
+    #[test]
+    fn distinct_keys_never_share_a_name() {
+        let names = [
+            breaker_name("t", "a{b}"),
+            breaker_name("t", "a_b_"),
+            breaker_name("t", "a%7Bb%7D"),
+            breaker_name("t", "a~b"),
+        ];
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Keys that differ only after byte 200.
+        let common = "x".repeat(250);
+        let a = breaker_name("tenants", &format!("{common}-alpha"));
+        let b = breaker_name("tenants", &format!("{common}-beta"));
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_NAME_LEN && b.len() <= MAX_NAME_LEN);
+        assert!(a.starts_with("tenants/xxxx"), "readable prefix: {a}");
+        assert!(crate::BreakerName::new(&a).is_ok());
+        // A key exactly at the limit is kept whole; one byte more is hashed.
+        let room = MAX_NAME_LEN - "t/".len();
+        assert_eq!(breaker_name("t", &"y".repeat(room)).len(), MAX_NAME_LEN);
+        assert!(breaker_name("t", &"y".repeat(room + 1)).contains('~'));
+    }
+
+    #[test]
+    fn authority_never_keeps_credentials() {
+        let request = Request::get("http://user:secret@payments:8080/x")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            ByAuthority.extract(&request).as_deref(),
+            Some("payments:8080")
+        );
     }
 
     #[test]

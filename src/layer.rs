@@ -77,9 +77,15 @@ impl<C> Shared<C> {
     where
         C: Classifier<Res, Err>,
     {
-        let timer = self
-            .call_timeout
-            .map(|limit| Box::pin(tokio::time::sleep(limit)));
+        let timer = self.call_timeout.and_then(|limit| {
+            // A tokio timer outside a tokio runtime panics; run the call
+            // without one rather than take the caller down (said once).
+            if tokio::runtime::Handle::try_current().is_err() {
+                crate::driver::no_runtime(&self.replica);
+                return None;
+            }
+            Some(Box::pin(tokio::time::sleep(limit)))
+        });
         let timed =
             self.replica.policy.slow_call_duration().is_some() || self.classifier.uses_elapsed();
         (timer, timed)

@@ -90,6 +90,8 @@ pub(crate) struct Replica {
     /// Wakes the driver for an early flush (a failure was counted).
     pub(crate) wake: Arc<Notify>,
     driver_started: AtomicBool,
+    /// The "no tokio runtime" error was logged.
+    no_runtime_logged: AtomicBool,
     /// Deciding alone while the store is unreachable.
     pub(crate) fallback: Fallback,
 }
@@ -114,6 +116,7 @@ impl Replica {
             probing: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             driver_started: AtomicBool::new(false),
+            no_runtime_logged: AtomicBool::new(false),
             fallback: Fallback::new(),
         }
     }
@@ -182,6 +185,11 @@ impl Replica {
     /// Marks the driver as started; `false` if it already was.
     pub(crate) fn claim_driver(&self) -> bool {
         !self.driver_started.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the "no tokio runtime" error is still to be logged (once).
+    pub(crate) fn warn_no_runtime(&self) -> bool {
+        !self.no_runtime_logged.swap(true, Ordering::Relaxed)
     }
 
     /// Lets a later call try to start the driver again (no runtime was found).
@@ -283,17 +291,12 @@ impl Replica {
 
     /// Opens this replica on its own judgement (a closed breaker, or a failed
     /// local probe) and has the trip reported to the store at once. Forced
-    /// states and a breaker that is already open are left alone; so is a
-    /// replica deciding alone while the store is away (its private breaker
-    /// judges then).
+    /// states and a breaker that is already open are left alone.
     fn trip_locally(&self) {
-        if self.fallback.is_degraded() {
-            return;
-        }
         let packed = self.snapshot.load(Ordering::Acquire);
         let (state, generation) = unpack(packed);
         let trips = state == State::Closed || (state == State::HalfOpen && packed & LOCAL != 0);
-        if !trips || generation == 0 {
+        if !trips {
             return;
         }
         let opens = self
@@ -502,7 +505,18 @@ impl Replica {
             return self.wait_for_first_answer().await;
         }
         let _clear = ClearOnDrop(&self.probing);
+        if tokio::runtime::Handle::try_current().is_err() {
+            // The store cannot be reached without a runtime (and a tokio
+            // timeout would panic): decide alone, as with the store down.
+            crate::driver::no_runtime(&self);
+            self.store_lost(&"no tokio runtime");
+        }
         if self.fallback.is_degraded() {
+            if self.is_local() {
+                // Tripped on its own outcomes: its own probe decides.
+                let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+                return Ok(self.probe_locally(generation));
+            }
             return self.degraded_admission();
         }
         // The permit's id is ours before we ask: if the answer never reaches

@@ -124,9 +124,16 @@ where
                         Err(open) => Readiness::Rejected(Box::new(open)),
                     };
                 }
-                Readiness::Pass { .. } | Readiness::Admitted(_) => {
-                    return self.inner.poll_ready(cx).map_err(Into::into)
+                Readiness::Pass { .. } => {
+                    let ready = self.inner.poll_ready(cx);
+                    if ready.is_pending() {
+                        // Decide again once the inner service is ready: the
+                        // breaker may have opened meanwhile.
+                        self.readiness = Readiness::Idle;
+                    }
+                    return ready.map_err(Into::into);
                 }
+                Readiness::Admitted(_) => return self.inner.poll_ready(cx).map_err(Into::into),
                 Readiness::Rejected(open) => match self.shared.rejection {
                     Rejection::Fail => return Poll::Ready(Ok(())),
                     Rejection::Backpressure => {

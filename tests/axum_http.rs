@@ -100,7 +100,7 @@ async fn gateway_answers_503_with_retry_after_once_the_downstream_breaker_opens(
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert!(std::str::from_utf8(&body)
             .unwrap()
-            .contains("\"breaker\":\"downstream\""));
+            .contains("\"error\":\"circuit_open\""));
     }
     assert_eq!(
         downstream.hits(),

@@ -396,3 +396,48 @@ fn services_are_send_sync_clone_for_axum_and_hyper() {
     >();
     assert_bounds::<DistributedCircuitBreakerLayer>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn readiness_is_decided_again_when_the_inner_service_was_not_ready() {
+    let (mock, mut handle) = tower_test::mock::pair::<(), &'static str>();
+    let layer = layer(5, &MemoryStore::new());
+    let breaker = layer.breaker();
+    breaker.sync().await;
+    let mut svc = tower_test::mock::Spawn::new(tower::Layer::layer(&layer, mock));
+    handle.allow(0);
+    assert!(
+        svc.poll_ready().is_pending(),
+        "the inner service is not ready"
+    );
+    // The breaker opens while the caller waits for the inner service.
+    breaker.force(Force::Open(None)).await.unwrap();
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let err = svc.call(()).await.unwrap_err();
+    assert!(matches!(BreakerError::from(err), BreakerError::Open(_)));
+    assert!(
+        handle.poll_request().is_pending(),
+        "nothing reached the inner service"
+    );
+}
+
+/// Used outside any tokio runtime (a plain executor): nothing panics, the
+/// breaker still trips at its threshold on its own outcomes, and a call
+/// timeout that cannot be armed does not take the call down.
+#[test]
+fn without_a_tokio_runtime_it_never_panics_and_still_trips() {
+    let dep = Dependency::new();
+    let layer = DistributedCircuitBreakerLayer::new("no-runtime", policy(3), MemoryStore::new())
+        .unwrap()
+        .call_timeout(Duration::from_secs(1));
+    let breaker = layer.breaker();
+    let mut svc = tower::Layer::layer(&layer, dep.clone());
+    dep.set_down(true);
+    futures::executor::block_on(async {
+        for _ in 0..10 {
+            let _ = call(&mut svc).await;
+        }
+    });
+    assert_eq!(dep.failures(), 3, "tripped at the threshold");
+    assert_eq!(breaker.snapshot().state, State::Open);
+}
