@@ -111,6 +111,21 @@ impl Machine {
         }
     }
 
+    /// Until when a store must keep this breaker if nothing touches it:
+    /// `key_ttl` from now, or until a forced state ends and `key_ttl` after;
+    /// `u64::MAX` for a forced state without an expiry.
+    pub(crate) fn keep_until(&self, p: &Params, now: u64) -> u64 {
+        let forced = matches!(
+            self.state,
+            State::ForcedOpen | State::ForcedClosed | State::Disabled
+        );
+        match (forced, self.forced_until) {
+            (true, 0) => u64::MAX,
+            (true, until) => until.max(now).saturating_add(p.ttl_ms),
+            (false, _) => now.saturating_add(p.ttl_ms),
+        }
+    }
+
     /// Ends a forced state whose time is up. Every operation calls this first.
     pub(crate) fn expire(&mut self, now: u64) {
         let forced = matches!(
@@ -228,7 +243,7 @@ impl Machine {
             Force::Disabled(d) => (State::Disabled, d),
         };
         self.transition(state);
-        self.forced_until = duration.map_or(0, |d| now + millis(d).max(1));
+        self.forced_until = duration.map_or(0, |d| now.saturating_add(force_ms(d)));
     }
 
     fn live_leases(&self, now: u64) -> u32 {
@@ -385,6 +400,15 @@ pub(crate) fn break_ms(p: &Params, opens: u32, rand16: u32) -> u64 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The longest a forced state may be set for: a year. Longer durations are cut
+/// to it (both stores alike), keeping every time exact in Lua's doubles.
+pub(crate) const MAX_FORCE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// A forced state's duration in whole milliseconds, within `1..=MAX_FORCE`.
+pub(crate) fn force_ms(d: Duration) -> u64 {
+    millis(d.min(MAX_FORCE)).max(1)
 }
 
 #[cfg(test)]

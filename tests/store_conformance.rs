@@ -161,6 +161,50 @@ async fn conformance(store: Arc<dyn Store>) {
         store.acquire(&a, &p, 33).await.unwrap().lease.is_some(),
         "the lease ran out"
     );
+
+    // Absurd durations are cut to a year, alike in every store; nothing overflows.
+    for force in [
+        Force::Open(Some(Duration::MAX)),
+        Force::Closed(Some(Duration::from_secs(u64::MAX / 2))),
+        Force::Disabled(Some(Duration::ZERO)),
+    ] {
+        let forced = store.force(&a, &p, force).await.unwrap();
+        assert!(
+            forced.remaining <= Duration::from_secs(365 * 24 * 3600),
+            "{force:?}"
+        );
+    }
+    assert_eq!(
+        store.force(&a, &p, Force::Reset).await.unwrap().state,
+        State::Closed
+    );
+
+    // A forced state outlives the policy's key TTL: an operator's "open for
+    // a while" lasts that while even when nothing touches the breaker.
+    let short = Policy::builder()
+        .consecutive_failures(3)
+        .break_duration(Duration::from_millis(50))
+        .probe_lease(Duration::from_millis(50))
+        .window(Duration::from_millis(50))
+        .sync_interval(Duration::from_millis(50))
+        .key_ttl(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let c = name("conformance-forced");
+    let forced = store
+        .force(&c, &short, Force::Open(Some(Duration::from_millis(400))))
+        .await
+        .unwrap();
+    let d = name("conformance-forced-forever");
+    store.force(&d, &short, Force::Open(None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let later = store.snapshot(&c, &short).await.unwrap();
+    assert_eq!(later.state, State::ForcedOpen, "past the key TTL");
+    assert_eq!(later.generation, forced.generation);
+    assert_eq!(
+        store.snapshot(&d, &short).await.unwrap().state,
+        State::ForcedOpen
+    );
 }
 
 #[tokio::test]
@@ -176,6 +220,20 @@ async fn redis_store_conforms() {
     let listed = store.list().await.unwrap();
     assert!(listed.iter().any(|(n, _)| n == "conformance-a"));
     assert!(listed.iter().any(|(n, _)| n == "conformance-b"));
+
+    // A read that changes nothing writes nothing (it could run on a replica,
+    // and idle breakers cost no writes).
+    let p = policy();
+    let n = name("conformance-read-only");
+    store.snapshot(&n, &p).await.unwrap(); // creates it: one write
+    let writes = redis.command_calls("hset") + redis.command_calls("pexpire");
+    for _ in 0..5 {
+        store.snapshot(&n, &p).await.unwrap();
+    }
+    assert_eq!(
+        redis.command_calls("hset") + redis.command_calls("pexpire"),
+        writes
+    );
 }
 
 #[tokio::test]

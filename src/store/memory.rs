@@ -101,11 +101,15 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs one step of the machine under the lock and announces any transition.
+    /// Runs one step of the machine under the lock and announces any
+    /// transition. A step that `writes` keeps the breaker for another
+    /// `key_ttl`; a read does only if it created it or changed its state (as
+    /// in Redis, where a read that changes nothing writes nothing).
     fn step<T>(
         &self,
         name: &BreakerName,
         policy: &Policy,
+        writes: bool,
         op: impl FnOnce(&mut Machine, &Params, u64) -> T,
     ) -> (T, Snapshot) {
         let params = policy.params();
@@ -119,12 +123,15 @@ impl MemoryStore {
             machine: Machine::new(now),
             expires_at: 0,
         });
+        let created = entry.expires_at == 0 || entry.expires_at <= now;
         if entry.expires_at != 0 && entry.expires_at <= now {
             entry.machine = Machine::new(now);
         }
-        entry.expires_at = now + params.ttl_ms;
         let before = entry.machine.generation;
         let out = op(&mut entry.machine, params, now);
+        if writes || created || entry.machine.generation != before {
+            entry.expires_at = entry.machine.keep_until(params, now);
+        }
         let snapshot = entry.machine.snapshot(params, now);
         if snapshot.generation != before {
             // No receiver is fine: nobody subscribed yet.
@@ -148,7 +155,7 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         batch: OutcomeBatch,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, |m, p, now| {
+        let ((), snapshot) = self.step(name, policy, true, |m, p, now| {
             m.record(p, now, &batch, rand16());
         });
         ready(snapshot)
@@ -160,7 +167,7 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         lease: u64,
     ) -> StoreFuture<'a, Acquired> {
-        let (acquired, _) = self.step(name, policy, |m, p, now| m.acquire(p, now, lease));
+        let (acquired, _) = self.step(name, policy, true, |m, p, now| m.acquire(p, now, lease));
         ready(acquired)
     }
 
@@ -172,7 +179,7 @@ impl Store for MemoryStore {
         lease: u64,
         result: ProbeResult,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, |m, p, now| {
+        let ((), snapshot) = self.step(name, policy, true, |m, p, now| {
             m.release(p, now, generation, lease, result, rand16());
         });
         ready(snapshot)
@@ -184,7 +191,7 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         force: Force,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, |m, _, now| m.force(now, force));
+        let ((), snapshot) = self.step(name, policy, true, |m, _, now| m.force(now, force));
         ready(snapshot)
     }
 
@@ -193,7 +200,7 @@ impl Store for MemoryStore {
         name: &'a BreakerName,
         policy: &'a Policy,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, |m, _, now| m.expire(now));
+        let ((), snapshot) = self.step(name, policy, false, |m, _, now| m.expire(now));
         ready(snapshot)
     }
 

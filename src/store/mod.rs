@@ -102,6 +102,11 @@ pub enum ProbeResult {
 }
 
 /// An operator's command to a breaker.
+///
+/// Durations are cut to a year (and a zero duration counts as one
+/// millisecond), the same in every store. A forced state keeps its breaker in
+/// the store until it expires, even past the policy's `key_ttl`; one without
+/// an expiry stays until reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Force {
     /// Reject every call, for the given time or until reset.

@@ -429,10 +429,6 @@ fn map_error(error: RedisError) -> StoreError {
 /// Instance and lease ids travel as 52-bit numbers: exact in the scripts' doubles.
 const INSTANCE_MASK: u64 = (1 << 52) - 1;
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Store for RedisStore {
     fn record<'a>(
         &'a self,
@@ -506,7 +502,7 @@ impl Store for RedisStore {
         force: Force,
     ) -> StoreFuture<'a, Snapshot> {
         Box::pin(async move {
-            let duration = |d: Option<Duration>| d.map_or(0, |d| millis(d).max(1));
+            let duration = |d: Option<Duration>| d.map_or(0, crate::machine::force_ms);
             let args = match force {
                 Force::Open(d) => [0, duration(d)],
                 Force::Closed(d) => [1, duration(d)],

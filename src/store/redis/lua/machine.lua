@@ -55,9 +55,11 @@ end
 -- Loads the breaker; a missing one is created closed. Unreadable data is
 -- replaced by a fresh closed breaker (second result true) whose generation is
 -- still newer than the old one where that could be read.
+local missing = false
 local function load()
   local kind = redis.call('TYPE', key)['ok']
   if kind == 'none' then
+    missing = true
     return fresh(now + 1), false
   end
   if kind ~= 'hash' then
@@ -136,7 +138,15 @@ local function save(m)
   redis.call('HSET', key, 'v', int(SCHEMA), 'st', int(m.st), 'g', int(m.g), 'ou', int(m.ou), 'fu', int(m.fu),
     'op', int(m.op), 'cf', int(m.cf), 'rs', int(m.rs), 'sa', int(m.sa), 'ps', int(m.ps),
     'ls', table.concat(leases, ','), 'w', table.concat(window, ','), 'fi', seen.fi, 'tr', seen.tr)
-  redis.call('PEXPIRE', key, int(P.ttl_ms))
+  local forced = m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED
+  if forced and m.fu == 0 then
+    -- An operator's state without an expiry stays until reset.
+    redis.call('PERSIST', key)
+  elseif forced then
+    redis.call('PEXPIRE', key, int(math.max(P.ttl_ms, m.fu - now + P.ttl_ms)))
+  else
+    redis.call('PEXPIRE', key, int(P.ttl_ms))
+  end
 end
 
 local function live_leases(m)
