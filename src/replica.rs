@@ -10,7 +10,7 @@
 //! [`Replica::apply`].
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -68,6 +68,9 @@ pub(crate) struct Replica {
     snapshot: AtomicU64,
     /// When the current rejection ends, in nanoseconds since `epoch`.
     deadline: AtomicU64,
+    /// Held by whoever publishes a new snapshot with its deadline, so that the
+    /// two are always written as a pair (the hot path only reads them).
+    writer: Mutex<()>,
     epoch: Instant,
     counters: Counters,
     /// The rate rules' window of this replica's own outcomes.
@@ -104,6 +107,7 @@ impl Replica {
             store,
             snapshot: AtomicU64::new(pack(Snapshot::INITIAL.state, 0, false)),
             deadline: AtomicU64::new(0),
+            writer: Mutex::new(()),
             epoch: Instant::now(),
             counters: Counters::default(),
             window: LocalWindow::default(),
@@ -245,11 +249,7 @@ impl Replica {
         let (state, generation) = unpack(packed);
         if packed & LOCAL != 0 && state == State::HalfOpen {
             let closed = pack(State::Closed, generation, false);
-            if self
-                .snapshot
-                .compare_exchange(packed, closed, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            if self.publish_if(packed, closed, Duration::ZERO) {
                 self.local_opens.store(0, Ordering::Relaxed);
                 self.window.clear();
                 tracing::debug!(breaker = %self.name, "local probe succeeded; closed again");
@@ -305,12 +305,7 @@ impl Replica {
             .saturating_add(1);
         let open = pack(State::Open, generation, true);
         let remaining = Duration::from_millis(break_ms(self.policy.params(), opens, rand16()));
-        self.set_deadline(remaining);
-        if self
-            .snapshot
-            .compare_exchange(packed, open, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.publish_if(packed, open, remaining) {
             return; // the state moved meanwhile; whoever moved it decided
         }
         self.counters.run.store(0, Ordering::Relaxed);
@@ -398,46 +393,58 @@ impl Replica {
     /// judgement (the store then still says closed: only a newer generation
     /// replaces a local trip). Counters of an older generation are discarded.
     pub(crate) fn apply(&self, snapshot: Snapshot) {
-        let mut current = self.snapshot.load(Ordering::Acquire);
-        loop {
-            let (_, generation) = unpack(current);
-            if snapshot.generation < generation
-                || (snapshot.generation == generation && current & LOCAL != 0)
-            {
-                return;
-            }
-            // The deadline is written before the state it belongs to is published.
-            self.set_deadline(snapshot.remaining);
-            let next = pack(snapshot.state, snapshot.generation, false);
-            match self.snapshot.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.adopted_at
-                        .store(self.issued.load(Ordering::Acquire), Ordering::Release);
-                    if snapshot.generation != generation {
-                        if generation == 0 {
-                            self.synced.notify_waiters();
-                        } else {
-                            self.discard_outcomes();
-                        }
-                        let (from, _) = unpack(current);
-                        tracing::debug!(
-                            breaker = %self.name,
-                            from = %from,
-                            to = %snapshot.state,
-                            generation = snapshot.generation,
-                            "breaker transition"
-                        );
-                    }
-                    return;
-                }
-                Err(actual) => current = actual,
-            }
+        let guard = self.write();
+        let current = self.snapshot.load(Ordering::Acquire);
+        let (from, generation) = unpack(current);
+        if snapshot.generation < generation
+            || (snapshot.generation == generation && current & LOCAL != 0)
+        {
+            return;
         }
+        self.store_pair(
+            pack(snapshot.state, snapshot.generation, false),
+            snapshot.remaining,
+        );
+        drop(guard);
+        if snapshot.generation != generation {
+            if generation == 0 {
+                self.synced.notify_waiters();
+            } else {
+                self.discard_outcomes();
+            }
+            tracing::debug!(
+                breaker = %self.name,
+                from = %from,
+                to = %snapshot.state,
+                generation = snapshot.generation,
+                "breaker transition"
+            );
+        }
+    }
+
+    /// Publishes `next` with its deadline if the snapshot is still `expected`.
+    fn publish_if(&self, expected: u64, next: u64, remaining: Duration) -> bool {
+        let _guard = self.write();
+        if self.snapshot.load(Ordering::Acquire) != expected {
+            return false;
+        }
+        self.store_pair(next, remaining);
+        true
+    }
+
+    /// Writes a deadline and then the snapshot it belongs to; the caller holds
+    /// the writer lock.
+    fn store_pair(&self, packed: u64, remaining: Duration) {
+        let deadline = self.now_nanos().saturating_add(nanos(remaining));
+        self.deadline.store(deadline, Ordering::Release);
+        self.snapshot.store(packed, Ordering::Release);
+        self.adopted_at
+            .store(self.issued.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    fn write(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data, only the pairing of two atomic writes.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A ticket for a store call about to be made; pass it to
@@ -595,8 +602,8 @@ impl Replica {
     /// rejected until it reports back, or until `probe_lease` if it never does.
     fn probe_locally(&self, generation: u64) -> Admission {
         let half_open = pack(State::HalfOpen, generation, true);
-        self.set_deadline(self.policy.probe_lease());
-        self.snapshot.store(half_open, Ordering::Release);
+        let _guard = self.write();
+        self.store_pair(half_open, self.policy.probe_lease());
         Admission::Pass {
             generation,
             count: true,
@@ -679,18 +686,8 @@ impl Replica {
     /// Publishes a state whatever the generation held (only degraded mode,
     /// entering or leaving, may do that).
     fn overwrite(&self, state: State, generation: u64, remaining: Duration) {
-        self.set_deadline(remaining);
-        self.snapshot
-            .store(pack(state, generation, false), Ordering::Release);
-        self.adopted_at
-            .store(self.issued.load(Ordering::Acquire), Ordering::Release);
-    }
-
-    /// Ends the current rejection `remaining` from now; written before the
-    /// state it belongs to is published.
-    fn set_deadline(&self, remaining: Duration) {
-        let deadline = self.now_nanos().saturating_add(nanos(remaining));
-        self.deadline.store(deadline, Ordering::Release);
+        let _guard = self.write();
+        self.store_pair(pack(state, generation, false), remaining);
     }
 
     pub(crate) fn open_error(&self, state: State, retry_after: Duration) -> CircuitOpen {

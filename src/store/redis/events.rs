@@ -7,9 +7,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::{Snapshot, State, StoreEvent, Transition};
+use crate::{BreakerName, Snapshot, State, StoreEvent, Transition};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// At most this many characters of a malformed announcement are logged.
+const MAX_LOGGED: usize = 120;
+/// The largest generation a script can write (exact in Lua's doubles).
+const MAX_GENERATION: u64 = (1 << 53) - 1;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until the task is aborted (when the store is dropped).
@@ -49,7 +53,10 @@ pub(super) async fn subscribe_forever(
                             let _ = events.send(StoreEvent::Transition(transition));
                         }
                         None => {
-                            tracing::warn!(%payload, "ignoring a malformed breaker announcement")
+                            // Bounded: the channel is writable by anyone with
+                            // PUBLISH rights, and logs must not be flooded.
+                            let shown: String = payload.chars().take(MAX_LOGGED).collect();
+                            tracing::warn!(payload = %shown, bytes = payload.len(), "ignoring a malformed breaker announcement")
                         }
                     }
                 }
@@ -79,9 +86,18 @@ pub(super) fn parse(payload: &str) -> Option<Transition> {
         return None;
     }
     let state = State::from_code(parts.next()?.parse().ok()?)?;
-    let generation = parts.next()?.parse().ok()?;
+    let generation: u64 = parts.next()?.parse().ok()?;
     let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
-    let name = parts.next()?.to_owned();
+    let name = parts.next()?;
+    // What no script writes is not an announcement.
+    if generation == 0
+        || generation > MAX_GENERATION
+        || remaining > crate::machine::MAX_FORCE
+        || BreakerName::new(name).is_err()
+    {
+        return None;
+    }
+    let name = name.to_owned();
     Some(Transition {
         name,
         snapshot: Snapshot {
@@ -110,6 +126,10 @@ mod tests {
             "v1 1 x 1 x",
             "v1 1 1 -1 x",
             "v1 1 1 1",
+            "v1 1 0 1 x",
+            "v1 3 99999999999999999 1 x",
+            "v1 1 1 99999999999999 x",
+            "v1 1 1 1 a{b}",
         ] {
             assert!(parse(bad).is_none(), "{bad:?}");
         }
