@@ -66,6 +66,10 @@ pub(crate) struct Machine {
     pub(crate) probe_successes: u32,
     pub(crate) leases: Vec<Lease>,
     pub(crate) buckets: Vec<Bucket>,
+    /// The bucket length the window was written with (0: not known yet).
+    pub(crate) bucket_ms: u64,
+    /// The fingerprint of the policy of the last process that wrote.
+    pub(crate) policy: u64,
 }
 
 impl Machine {
@@ -87,6 +91,8 @@ impl Machine {
             probe_successes: 0,
             leases: Vec::new(),
             buckets: Vec::new(),
+            bucket_ms: 0,
+            policy: 0,
         }
     }
 
@@ -141,10 +147,20 @@ impl Machine {
     /// another generation is dropped. Generation 0 is a process that has not
     /// heard from the store yet: it believed the breaker closed, so its batch
     /// counts toward whatever generation is current.
-    pub(crate) fn record(&mut self, p: &Params, now: u64, batch: &OutcomeBatch, rand16: u32) {
+    ///
+    /// Returns the fingerprint of another policy that wrote this breaker
+    /// before, if the caller's differs (a rolling deploy, or a mistake).
+    pub(crate) fn record(
+        &mut self,
+        p: &Params,
+        now: u64,
+        batch: &OutcomeBatch,
+        rand16: u32,
+    ) -> Option<u64> {
         self.expire(now);
+        let other = self.note_policy(p);
         if batch.generation != self.generation && batch.generation != 0 {
-            return;
+            return other;
         }
         match self.state {
             State::Closed => {
@@ -157,6 +173,7 @@ impl Machine {
             State::ForcedClosed => self.count(p, now, batch),
             _ => {}
         }
+        other
     }
 
     /// Asks for a half-open probe permit under the id `lease` the caller chose.
@@ -285,10 +302,7 @@ impl Machine {
                 note(&mut self.tripped, batch.instance, now, window);
             }
         }
-        let buckets = p.buckets as usize;
-        if self.buckets.len() != buckets {
-            self.buckets = vec![Bucket::default(); buckets];
-        }
+        self.rebucket(p, now);
         let index = now / p.bucket_ms;
         let slot = &mut self.buckets[(index % u64::from(p.buckets)) as usize];
         if slot.index != index {
@@ -300,6 +314,52 @@ impl Machine {
         slot.calls += u64::from(batch.successes) + u64::from(batch.failures);
         slot.failures += u64::from(batch.failures);
         slot.slow += u64::from(batch.slow);
+    }
+
+    /// Lays the window out as `p` says, keeping what it counted: during a
+    /// rolling deploy two policies with different windows share a breaker,
+    /// and each process's counts must survive the other's writes.
+    fn rebucket(&mut self, p: &Params, now: u64) {
+        let from_ms = if self.bucket_ms == 0 {
+            p.bucket_ms
+        } else {
+            self.bucket_ms
+        };
+        if self.buckets.len() == p.buckets as usize && from_ms == p.bucket_ms {
+            self.bucket_ms = p.bucket_ms;
+            return;
+        }
+        let old = std::mem::replace(
+            &mut self.buckets,
+            vec![Bucket::default(); p.buckets as usize],
+        );
+        self.bucket_ms = p.bucket_ms;
+        let current = now / p.bucket_ms;
+        for b in old.into_iter().filter(|b| b.calls > 0) {
+            let index = b.index.saturating_mul(from_ms) / p.bucket_ms;
+            if index > current || index + u64::from(p.buckets) <= current {
+                continue; // outside the new window
+            }
+            let slot = &mut self.buckets[(index % u64::from(p.buckets)) as usize];
+            if slot.index != index {
+                if slot.calls > 0 && slot.index > index {
+                    continue;
+                }
+                *slot = Bucket {
+                    index,
+                    ..Bucket::default()
+                };
+            }
+            slot.calls += b.calls;
+            slot.failures += b.failures;
+            slot.slow += b.slow;
+        }
+    }
+
+    /// Records which policy wrote last; the previous one if it differed.
+    pub(crate) fn note_policy(&mut self, p: &Params) -> Option<u64> {
+        let before = std::mem::replace(&mut self.policy, p.fingerprint);
+        (before != 0 && before != p.fingerprint).then_some(before)
     }
 
     /// Whether the fleet opens now: on enough distinct local trips, or on the

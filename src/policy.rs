@@ -73,6 +73,40 @@ pub(crate) struct Params {
     pub(crate) ttl_ms: u64,
     pub(crate) sync_ms: u64,
     pub(crate) quorum: u32,
+    /// A digest of every other field (52 bits): processes sharing a breaker
+    /// with different policies can tell.
+    pub(crate) fingerprint: u64,
+}
+
+impl Params {
+    /// FNV-1a over every field but the fingerprint, cut to 52 bits (exact in
+    /// the Redis scripts' doubles); never 0.
+    pub(crate) fn digest(&self) -> u64 {
+        let fields = [
+            u64::from(self.consecutive),
+            u64::from(self.failure_ppm),
+            u64::from(self.slow_ppm),
+            u64::from(self.minimum_calls),
+            self.bucket_ms,
+            u64::from(self.buckets),
+            self.break_ms,
+            u64::from(self.backoff_permille),
+            self.break_max_ms,
+            u64::from(self.jitter_ppm),
+            u64::from(self.permits),
+            u64::from(self.successes),
+            self.lease_ms,
+            self.ttl_ms,
+            self.sync_ms,
+            u64::from(self.quorum),
+        ];
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in fields.iter().flat_map(|f| f.to_le_bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash & ((1 << 52) - 1)).max(1)
+    }
 }
 
 impl Policy {
@@ -497,6 +531,11 @@ impl PolicyBuilder {
             ttl_ms: millis(self.key_ttl),
             sync_ms: millis(self.sync_interval),
             quorum: self.fleet_quorum,
+            fingerprint: 0,
+        };
+        let params = Params {
+            fingerprint: params.digest(),
+            ..params
         };
         Ok(Policy {
             settings: self,

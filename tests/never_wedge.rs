@@ -171,7 +171,11 @@ async fn a_restored_older_breaker_is_followed_and_counted() {
     let key = "dcb:{restored}";
     let client = redis::Client::open(redis.url()).unwrap();
     let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(&mut admin).await.unwrap();
+    let dump: Vec<u8> = redis::cmd("DUMP")
+        .arg(key)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let old = a.breaker.snapshot().generation;
 
     // The breaker opens, then a restore from backup (or a failover that lost
@@ -191,7 +195,10 @@ async fn a_restored_older_breaker_is_followed_and_counted() {
     // Every process follows the store within a sync interval...
     let restored = Instant::now();
     while !(a.state() == State::Closed && b.state() == State::Closed) {
-        assert!(restored.elapsed() < SYNC + Duration::from_millis(500), "never followed the store");
+        assert!(
+            restored.elapsed() < SYNC + Duration::from_millis(500),
+            "never followed the store"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(a.breaker.snapshot().generation, old);
@@ -222,7 +229,11 @@ async fn forged_announcements_do_not_take_the_fleet_over() {
     // A huge generation (0.1 adopted it and then ignored the store forever)
     // and one far ahead are checked against the store, not adopted.
     for generation in [9_007_199_254_740_990u64, g + 1_000] {
-        redis.cli(&["PUBLISH", "dcb:events", &format!("v1 3 {generation} 60000 forged")]);
+        redis.cli(&[
+            "PUBLISH",
+            "dcb:events",
+            &format!("v1 3 {generation} 60000 forged"),
+        ]);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(a.state(), State::Closed);
@@ -230,12 +241,19 @@ async fn forged_announcements_do_not_take_the_fleet_over() {
 
     // The very next generation looks like a real transition and is applied,
     // but the store's next answer replaces it within a sync interval.
-    redis.cli(&["PUBLISH", "dcb:events", &format!("v1 3 {} 60000 forged", g + 1)]);
+    redis.cli(&[
+        "PUBLISH",
+        "dcb:events",
+        &format!("v1 3 {} 60000 forged", g + 1),
+    ]);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(a.state(), State::ForcedOpen, "applied as a hint");
     let forged = Instant::now();
     while a.state() != State::Closed {
-        assert!(forged.elapsed() < SYNC + Duration::from_millis(500), "never corrected");
+        assert!(
+            forged.elapsed() < SYNC + Duration::from_millis(500),
+            "never corrected"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A real command still reaches every process.
@@ -291,4 +309,45 @@ async fn a_backlog_from_before_a_partition_does_not_retrip_a_recovered_fleet() {
     b.breaker.sync().await;
     assert_eq!(b.state(), State::Closed);
     assert_eq!(b.breaker.snapshot().generation, recovered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_policies_in_a_rolling_deploy_count_together() {
+    let redis = RedisServer::start();
+    let dependency = Dependency::new();
+    dependency.set_down(true);
+    let policy = |window: u64, buckets: u32| {
+        Policy::builder()
+            .no_consecutive_failures()
+            .failure_rate(0.5)
+            .minimum_calls(100)
+            .window(Duration::from_secs(window))
+            .window_buckets(buckets)
+            .build()
+            .unwrap()
+    };
+    let mut fleet = Vec::new();
+    for p in [policy(10, 10), policy(60, 12)] {
+        let store = RedisStore::connect(&redis.url()).await.unwrap();
+        let layer = DistributedCircuitBreakerLayer::new("deploy", p, store).unwrap();
+        fleet.push(Instance {
+            breaker: layer.breaker(),
+            svc: layer.layer(dependency.clone()),
+        });
+    }
+    // 100 failed calls, 10 at a time from each version in turn: neither
+    // reaches the minimum alone, and neither may wipe the other's window
+    // (0.1: still closed after 100 calls at 100 % failure).
+    for round in 0..10 {
+        let i = &fleet[round % 2];
+        for _ in 0..10 {
+            i.call().await;
+        }
+        assert!(i.breaker.sync().await);
+    }
+    for i in &fleet {
+        i.breaker.sync().await;
+        assert_eq!(i.state(), State::Open);
+    }
+    assert_eq!(dependency.failures(), 100);
 }

@@ -193,6 +193,39 @@ fn a_quorum_needs_distinct_instances() {
 }
 
 #[test]
+fn two_window_layouts_share_a_breaker_without_wiping_each_other() {
+    let rate = |window_ms: u64, buckets: u32| {
+        params(
+            Policy::builder()
+                .no_consecutive_failures()
+                .failure_rate(0.5)
+                .minimum_calls(100)
+                .window(Duration::from_millis(window_ms))
+                .window_buckets(buckets),
+        )
+    };
+    let (old, new) = (rate(10_000, 10), rate(60_000, 12));
+    assert_ne!(old.fingerprint, new.fingerprint);
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    let failing = |n| OutcomeBatch {
+        generation: g,
+        failures: n,
+        trailing_failures: n,
+        ..OutcomeBatch::default()
+    };
+    // A rolling deploy: the two policies take turns, 10 failures each time.
+    for i in 0..9u64 {
+        let p = if i % 2 == 0 { &old } else { &new };
+        let other = m.record(p, 1_000 + i * 100, &failing(10), 0);
+        assert_eq!(other.is_some(), i > 0, "a change of policy is reported");
+        assert_eq!(m.state, State::Closed, "after {} calls", (i + 1) * 10);
+    }
+    m.record(&old, 2_000, &failing(10), 0);
+    assert_eq!(m.state, State::Open, "100 failures in the window trip");
+}
+
+#[test]
 fn stale_generation_batches_are_dropped() {
     let p = consecutive(1);
     let mut m = Machine::new(10);
@@ -736,6 +769,7 @@ pub(crate) fn policy() -> impl Strategy<Value = Params> {
                 ttl_ms: 3_600_000,
                 sync_ms,
                 quorum,
+                fingerprint: 1,
             },
         )
 }

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{Acquired, BreakerName, Force, OutcomeBatch, ProbeResult, Store, StoreFuture};
+use super::{
+    Acquired, BreakerName, Force, OutcomeBatch, PolicyConflicts, ProbeResult, Store, StoreFuture,
+};
 use crate::machine::Machine;
 use crate::policy::Params;
 use crate::rand::rand16;
@@ -45,6 +47,7 @@ pub struct MemoryStore {
 struct Inner {
     breakers: Mutex<Breakers>,
     events: broadcast::Sender<StoreEvent>,
+    conflicts: PolicyConflicts,
     epoch: Instant,
     /// Wall-clock milliseconds at `epoch`: generations start from the clock
     /// (as in Redis), so they never restart near zero.
@@ -77,6 +80,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 breakers: Mutex::new(Breakers::default()),
                 events,
+                conflicts: PolicyConflicts::default(),
                 epoch: Instant::now(),
                 epoch_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -155,9 +159,14 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         batch: OutcomeBatch,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, true, |m, p, now| {
-            m.record(p, now, &batch, rand16());
+        let (other, snapshot) = self.step(name, policy, true, |m, p, now| {
+            m.record(p, now, &batch, rand16())
         });
+        if let Some(theirs) = other {
+            self.inner
+                .conflicts
+                .report(name, policy.params().fingerprint, theirs);
+        }
         ready(snapshot)
     }
 

@@ -21,6 +21,7 @@ pub use name::{BreakerName, MAX_NAME_LEN};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -289,5 +290,36 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         (**self).subscribe()
+    }
+}
+
+/// Says when processes sharing a breaker run different policies: at most once
+/// a minute per store, so a rolling deploy logs a few lines, not one per flush.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyConflicts {
+    /// Seconds since the Unix epoch of the last report.
+    last: AtomicU64,
+}
+
+impl PolicyConflicts {
+    pub(crate) fn report(&self, name: &BreakerName, ours: u64, theirs: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        if now < last.saturating_add(60)
+            || self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::warn!(
+            breaker = %name,
+            ours = format_args!("{ours:013x}"),
+            theirs = format_args!("{theirs:013x}"),
+            "processes sharing this breaker run different policies; each write uses the writer's thresholds, permits and TTL, and windows are re-bucketed"
+        );
     }
 }

@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 
 use self::scripts::Scripts;
 use super::{
-    Acquired, BreakerName, Force, OutcomeBatch, ProbeResult, Store, StoreError, StoreErrorKind,
-    StoreFuture,
+    Acquired, BreakerName, Force, OutcomeBatch, PolicyConflicts, ProbeResult, Store, StoreError,
+    StoreErrorKind, StoreFuture,
 };
 use crate::policy::Params;
 use crate::rand::rand16;
@@ -60,6 +60,7 @@ struct Inner {
     channel: String,
     scripts: Scripts,
     events: broadcast::Sender<StoreEvent>,
+    conflicts: PolicyConflicts,
     subscriber: tokio::task::AbortHandle,
 }
 
@@ -236,6 +237,7 @@ impl RedisStoreBuilder {
                 channel,
                 scripts: Scripts::new(),
                 events,
+                conflicts: PolicyConflicts::default(),
                 subscriber,
             }),
         };
@@ -341,6 +343,7 @@ impl RedisStore {
             .arg(p.ttl_ms)
             .arg(p.sync_ms)
             .arg(p.quorum)
+            .arg(p.fingerprint)
             .arg(&self.inner.channel)
             .arg(name.as_str())
             .arg(rand16)
@@ -363,21 +366,27 @@ impl RedisStore {
         if reply.reset {
             tracing::error!(breaker = %name, key = %self.key(name), "breaker data in Redis was unreadable; reset it to closed with a new generation");
         }
+        if let Some(theirs) = reply.other_policy {
+            self.inner.conflicts.report(name, p.fingerprint, theirs);
+        }
         Ok(reply)
     }
 }
 
-/// What every script answers: `{state, generation, remaining ms, lease, reset}`.
+/// What every script answers:
+/// `{state, generation, remaining ms, lease, reset, other policy}`.
 #[derive(Debug, Clone, Copy)]
 struct Reply {
     snapshot: Snapshot,
     lease: Option<u64>,
     reset: bool,
+    /// The fingerprint of another policy that wrote the breaker before.
+    other_policy: Option<u64>,
 }
 
 impl Reply {
     fn parse(values: &[i64]) -> Option<Reply> {
-        let [state, generation, remaining, lease, reset] = values else {
+        let [state, generation, remaining, lease, reset, other] = values else {
             return None;
         };
         Some(Reply {
@@ -388,6 +397,7 @@ impl Reply {
             },
             lease: u64::try_from(*lease).ok().filter(|l| *l > 0),
             reset: *reset != 0,
+            other_policy: u64::try_from(*other).ok().filter(|o| *o > 0),
         })
     }
 }

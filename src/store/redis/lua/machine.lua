@@ -21,12 +21,15 @@ local P = {
   ttl_ms = tonumber(ARGV[14]),
   sync_ms = tonumber(ARGV[15]),
   quorum = tonumber(ARGV[16]),
+  fingerprint = tonumber(ARGV[17]),
 }
-local channel = ARGV[17]
-local name = ARGV[18]
-local rand16 = tonumber(ARGV[19])
-local now = tonumber(ARGV[20])
-local OP = 21
+local channel = ARGV[18]
+local name = ARGV[19]
+local rand16 = tonumber(ARGV[20])
+local now = tonumber(ARGV[21])
+local OP = 22
+-- The fingerprint of another policy that wrote before this call (0: none).
+local other_policy = 0
 local MAX_QUORUM = 16
 local UNKNOWN_AGE = 1099511627776
 
@@ -44,7 +47,7 @@ local function int(n)
 end
 
 local function fresh(generation)
-  return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, rs = 0, sa = 0, ps = 0,
+  return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, rs = 0, sa = 0, ps = 0, bm = 0, pf = 0,
     leases = {}, w = {}, fi = {}, tr = {} }
 end
 
@@ -78,11 +81,13 @@ local function load()
   local m = {
     st = tonumber(f.st), g = tonumber(f.g), ou = tonumber(f.ou), fu = tonumber(f.fu), op = tonumber(f.op),
     cf = tonumber(f.cf), rs = tonumber(f.rs or '0'), sa = tonumber(f.sa or '0'), ps = tonumber(f.ps),
+    bm = tonumber(f.bm or '0'), pf = tonumber(f.pf or '0'),
     leases = {}, w = {}, fi = {}, tr = {},
   }
   local ok = v == SCHEMA and valid_int(m.st, 0, 5) and valid_int(m.g, 1, big) and valid_int(m.ou, 0, big)
     and valid_int(m.fu, 0, big) and valid_int(m.op, 0, 4294967295) and valid_int(m.cf, 0, big)
-    and valid_int(m.rs, 0, big) and valid_int(m.sa, 0, big)
+    and valid_int(m.rs, 0, big) and valid_int(m.sa, 0, big) and valid_int(m.bm, 0, big)
+    and valid_int(m.pf, 0, big)
     and valid_int(m.ps, 0, 4294967295)
   if ok then
     for item in string.gmatch(f.ls or '', '[^,]+') do
@@ -136,7 +141,7 @@ local function save(m)
     seen[field] = table.concat(items, ',')
   end
   redis.call('HSET', key, 'v', int(SCHEMA), 'st', int(m.st), 'g', int(m.g), 'ou', int(m.ou), 'fu', int(m.fu),
-    'op', int(m.op), 'cf', int(m.cf), 'rs', int(m.rs), 'sa', int(m.sa), 'ps', int(m.ps),
+    'op', int(m.op), 'cf', int(m.cf), 'rs', int(m.rs), 'sa', int(m.sa), 'bm', int(m.bm), 'pf', int(m.pf), 'ps', int(m.ps),
     'ls', table.concat(leases, ','), 'w', table.concat(window, ','), 'fi', seen.fi, 'tr', seen.tr)
   local forced = m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED
   if forced and m.fu == 0 then
@@ -225,6 +230,45 @@ local function note(seen, id, window)
   return kept
 end
 
+-- Lays the window out as this caller's policy says, keeping what it counted
+-- (two policies share a breaker during a rolling deploy).
+local function rebucket(m)
+  local from_ms = m.bm
+  if from_ms == 0 then from_ms = P.bucket_ms end
+  if #m.w == P.buckets and from_ms == P.bucket_ms then
+    m.bm = P.bucket_ms
+    return
+  end
+  local old = m.w
+  m.w = {}
+  for i = 1, P.buckets do m.w[i] = { 0, 0, 0, 0 } end
+  m.bm = P.bucket_ms
+  local current = math.floor(now / P.bucket_ms)
+  for _, b in ipairs(old) do
+    if b[2] > 0 then
+      local index = math.floor(b[1] * from_ms / P.bucket_ms)
+      if index <= current and index + P.buckets > current then
+        local slot = (index % P.buckets) + 1
+        local w = m.w[slot]
+        local skip = false
+        if w[1] ~= index then
+          if w[2] > 0 and w[1] > index then
+            skip = true
+          else
+            w = { index, 0, 0, 0 }
+            m.w[slot] = w
+          end
+        end
+        if not skip then
+          w[2] = w[2] + b[2]
+          w[3] = w[3] + b[3]
+          w[4] = w[4] + b[4]
+        end
+      end
+    end
+  end
+end
+
 -- b: successes, failures, slow, trailing, success_age, run_age, instance, tripped.
 local function count(m, b)
   if b.successes > 0 then
@@ -245,10 +289,7 @@ local function count(m, b)
     if b.failures > 0 then m.fi = note(m.fi, b.instance, window) end
     if b.tripped then m.tr = note(m.tr, b.instance, window) end
   end
-  if #m.w ~= P.buckets then
-    m.w = {}
-    for i = 1, P.buckets do m.w[i] = { 0, 0, 0, 0 } end
-  end
+  rebucket(m)
   local index = math.floor(now / P.bucket_ms)
   local slot = (index % P.buckets) + 1
   local w = m.w[slot]
@@ -295,7 +336,8 @@ local function should_trip(m, tripped)
   return over(fails, P.failure_ppm) or over(slow, P.slow_ppm)
 end
 
--- Saves, announces a transition, and answers {state, generation, remaining, lease, reset}.
+-- Saves, announces a transition, and answers
+-- {state, generation, remaining, lease, reset, other policy}.
 local function finish(m, before, reset, lease)
   save(m)
   local rem = remaining(m)
@@ -304,7 +346,7 @@ local function finish(m, before, reset, lease)
   end
   local flag = 0
   if reset then flag = 1 end
-  return { m.st, m.g, rem, lease or 0, flag }
+  return { m.st, m.g, rem, lease or 0, flag, other_policy }
 end
 
 local m, reset = load()

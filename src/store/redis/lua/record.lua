@@ -6,6 +6,8 @@ local b = {
   trailing = tonumber(ARGV[OP + 4]), success_age = tonumber(ARGV[OP + 5]), run_age = tonumber(ARGV[OP + 6]),
   instance = tonumber(ARGV[OP + 7]), tripped = tonumber(ARGV[OP + 8]) == 1,
 }
+if m.pf ~= 0 and m.pf ~= P.fingerprint then other_policy = m.pf end
+m.pf = P.fingerprint
 if generation == m.g or generation == 0 then
   if m.st == CLOSED then
     count(m, b)
