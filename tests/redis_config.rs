@@ -79,6 +79,72 @@ async fn an_acl_user_without_the_needed_commands_is_refused() {
 }
 
 #[tokio::test]
+async fn an_acl_user_without_channel_rights_is_refused_at_connect() {
+    let redis = RedisServer::start();
+    // Redis 7's default for new users: no channels (`resetchannels`).
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "nochannels",
+        "on",
+        ">pw",
+        "~dcb:*",
+        "resetchannels",
+        "+@all",
+    ]);
+    let url = format!("redis://nochannels:pw@127.0.0.1:{}", redis.port());
+    let err = connect(&url).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Refused, "{err}");
+    assert!(err.to_string().contains("&dcb:events"), "{err}");
+}
+
+#[tokio::test]
+async fn a_transition_that_cannot_be_announced_is_saved_once_and_not_an_error() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "ACL", "SETUSER", "ops", "on", ">pw", "~dcb:*", "&*", "+@all",
+    ]);
+    let url = format!("redis://ops:pw@127.0.0.1:{}", redis.port());
+    let store = connect(&url).await.unwrap();
+    // The channel right is revoked after connect.
+    redis.cli(&["ACL", "SETUSER", "ops", "resetchannels"]);
+    let policy = Policy::builder().consecutive_failures(2).build().unwrap();
+    let name = BreakerName::new("unannounced").unwrap();
+    let g = store.snapshot(&name, &policy).await.unwrap().generation;
+    let batch = distributed_circuit_breaker::store::OutcomeBatch {
+        generation: g,
+        failures: 2,
+        trailing_failures: 2,
+        ..Default::default()
+    };
+    let opened = store.record(&name, &policy, batch).await.unwrap();
+    assert_eq!(
+        opened.state,
+        State::Open,
+        "saved, and answered without an error"
+    );
+    assert_eq!(redis.cli(&["HGET", "dcb:{unannounced}", "st"]), "1");
+}
+
+#[tokio::test]
+async fn errors_are_sorted_by_their_redis_error_code() {
+    let redis = RedisServer::start();
+    let store = connect(&redis.url()).await.unwrap();
+    redis.cli(&["SET", "dcb:{string}", "not a hash"]);
+    let err = store
+        .snapshot(&BreakerName::new("string").unwrap(), &Policy::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+    redis.cli(&["HSET", "dcb:{future}", "v", "99"]);
+    let err = store
+        .snapshot(&BreakerName::new("future").unwrap(), &Policy::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+}
+
+#[tokio::test]
 async fn invalid_prefixes_are_config_errors() {
     let redis = RedisServer::start();
     for prefix in ["", "a{b}", "with space", "tab\t", &"p".repeat(65)] {

@@ -10,6 +10,9 @@ use tokio::sync::broadcast;
 use crate::{BreakerName, Snapshot, State, StoreEvent, Transition};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// What a store publishes at connect to prove its right to announce; every
+/// subscriber ignores it.
+pub(super) const PING: &str = "v1 ping";
 /// At most this many characters of a malformed announcement are logged.
 const MAX_LOGGED: usize = 120;
 /// The largest generation a script can write (exact in Lua's doubles).
@@ -48,6 +51,9 @@ pub(super) async fn subscribe_forever(
                     let Ok(payload) = message.get_payload::<String>() else {
                         continue;
                     };
+                    if payload == PING {
+                        continue;
+                    }
                     match parse(&payload) {
                         Some(transition) => {
                             let _ = events.send(StoreEvent::Transition(transition));

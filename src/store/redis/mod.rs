@@ -299,8 +299,29 @@ impl RedisStore {
             .build()
             .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
         self.run(&self.inner.scripts.read, &probe, &policy, &[], 0)
-            .await
-            .map(drop)
+            .await?;
+        // Transitions are announced with PUBLISH: a Redis 7 ACL user needs
+        // channel rights (`&{prefix}:events`), which it lacks by default.
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.inner.channel).arg(events::PING);
+        match &mut connection {
+            Connection::Single(c) => publish.query_async::<i64>(c).await,
+            Connection::Cluster(c) => publish.query_async::<i64>(c).await,
+        }
+        .map(drop)
+        .map_err(|error| {
+            let mut refused = map_error(error);
+            if refused.kind() == StoreErrorKind::Refused {
+                refused = StoreError::new(
+                    StoreErrorKind::Refused,
+                    format!(
+                        "this Redis user may not PUBLISH to `{}`; grant it the channel (ACL `&{}`): {refused}",
+                        self.inner.channel, self.inner.channel
+                    ),
+                );
+            }
+            refused
+        })
     }
 
     /// Runs one script; `now` overrides Redis's clock when not 0 (tests only).
@@ -369,12 +390,17 @@ impl RedisStore {
         if let Some(theirs) = reply.other_policy {
             self.inner.conflicts.report(name, p.fingerprint, theirs);
         }
+        if reply.unannounced {
+            // Saved (so never resent), but other processes learn of it only
+            // on their next read of the shared state.
+            tracing::warn!(breaker = %name, channel = %self.inner.channel, "a transition was saved but could not be announced (PUBLISH refused); other processes follow on their next read");
+        }
         Ok(reply)
     }
 }
 
 /// What every script answers:
-/// `{state, generation, remaining ms, lease, reset, other policy}`.
+/// `{state, generation, remaining ms, lease, reset, other policy, unannounced}`.
 #[derive(Debug, Clone, Copy)]
 struct Reply {
     snapshot: Snapshot,
@@ -382,11 +408,13 @@ struct Reply {
     reset: bool,
     /// The fingerprint of another policy that wrote the breaker before.
     other_policy: Option<u64>,
+    /// The transition was saved but could not be announced (PUBLISH refused).
+    unannounced: bool,
 }
 
 impl Reply {
     fn parse(values: &[i64]) -> Option<Reply> {
-        let [state, generation, remaining, lease, reset, other] = values else {
+        let [state, generation, remaining, lease, reset, other, unannounced] = values else {
             return None;
         };
         Some(Reply {
@@ -398,6 +426,7 @@ impl Reply {
             lease: u64::try_from(*lease).ok().filter(|l| *l > 0),
             reset: *reset != 0,
             other_policy: u64::try_from(*other).ok().filter(|o| *o > 0),
+            unannounced: *unannounced != 0,
         })
     }
 }
@@ -414,26 +443,17 @@ fn unavailable_after(timeout: Duration) -> StoreError {
     )
 }
 
+/// Sorts a Redis error by its error code (the first word of the server's
+/// reply), never by searching its text.
 fn map_error(error: RedisError) -> StoreError {
-    let text = error.to_string();
-    let upper = text.to_ascii_uppercase();
-    let kind = if text.contains("DCB_CORRUPT")
-        || text.contains("DCB_SCHEMA")
-        || text.contains("WRONGTYPE")
-    {
-        StoreErrorKind::Corrupt
-    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
-        || ["NOPERM", "NOAUTH", "WRONGPASS"]
-            .iter()
-            .any(|code| upper.contains(code))
-    {
-        StoreErrorKind::Refused
-    } else if error.kind() == redis::ErrorKind::InvalidClientConfig {
-        StoreErrorKind::Config
-    } else {
-        StoreErrorKind::Unavailable
+    let kind = match error.code() {
+        Some("DCB_CORRUPT" | "DCB_SCHEMA" | "WRONGTYPE") => StoreErrorKind::Corrupt,
+        Some("NOPERM" | "NOAUTH" | "WRONGPASS") => StoreErrorKind::Refused,
+        _ if error.kind() == redis::ErrorKind::AuthenticationFailed => StoreErrorKind::Refused,
+        _ if error.kind() == redis::ErrorKind::InvalidClientConfig => StoreErrorKind::Config,
+        _ => StoreErrorKind::Unavailable,
     };
-    StoreError::new(kind, text)
+    StoreError::new(kind, error.to_string())
 }
 
 /// Instance and lease ids travel as 52-bit numbers: exact in the scripts' doubles.

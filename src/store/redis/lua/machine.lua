@@ -341,12 +341,16 @@ end
 local function finish(m, before, reset, lease)
   save(m)
   local rem = remaining(m)
+  local unannounced = 0
   if m.g ~= before then
-    redis.call('PUBLISH', channel, 'v1 ' .. int(m.st) .. ' ' .. int(m.g) .. ' ' .. int(rem) .. ' ' .. name)
+    -- pcall: the state is saved already; a refused PUBLISH (ACL channel
+    -- rights) must not turn the call into an error the client would retry.
+    local sent = redis.pcall('PUBLISH', channel, 'v1 ' .. int(m.st) .. ' ' .. int(m.g) .. ' ' .. int(rem) .. ' ' .. name)
+    if type(sent) == 'table' and sent.err then unannounced = 1 end
   end
   local flag = 0
   if reset then flag = 1 end
-  return { m.st, m.g, rem, lease or 0, flag, other_policy }
+  return { m.st, m.g, rem, lease or 0, flag, other_policy, unannounced }
 end
 
 local m, reset = load()
