@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::permit::Admission;
-use crate::replica::{Peek, Replica};
 use crate::store::{Force, StoreError};
+use crate::sync::permit::Admission;
+use crate::sync::replica::{Peek, Replica};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot};
 
 /// A handle to a breaker: its local view, and commands that go to the store
@@ -56,13 +56,13 @@ impl Breaker {
     /// Whether this process is deciding alone because its store did not answer
     /// (see [`StoreFailure`](crate::StoreFailure)).
     pub fn is_degraded(&self) -> bool {
-        self.replica.fallback.is_degraded()
+        self.replica.degraded.is_degraded()
     }
 
     /// Hands counted outcomes to the store now and refreshes the view; returns
     /// whether the store answered.
     pub async fn sync(&self) -> bool {
-        crate::driver::sync_once(&self.replica, true).await
+        crate::sync::driver::sync_once(&self.replica, true).await
     }
 
     /// Asks to make a call outside tower (another client's middleware, a job

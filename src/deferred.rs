@@ -4,8 +4,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::permit::Admission;
-use crate::replica::Replica;
+use crate::sync::permit::Admission;
+use crate::sync::replica::Replica;
 use crate::Outcome;
 
 /// A call whose outcome is reported later, by whoever holds this handle (a

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::deferred::Recorder;
 use crate::layer::Shared;
-use crate::permit::Admission;
+use crate::sync::permit::Admission;
 use crate::{BoxError, CallTimeout, CircuitOpen, Classifier, Deferred, Outcome};
 
 pin_project! {

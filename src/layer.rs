@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::time::Sleep;
 use tower_layer::Layer;
 
-use crate::replica::Replica;
 use crate::store::Store;
+use crate::sync::replica::Replica;
 use crate::StoreFailure;
 use crate::{
     Breaker, BreakerName, Classifier, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures,
@@ -81,7 +81,7 @@ impl<C> Shared<C> {
             // A tokio timer outside a tokio runtime panics; run the call
             // without one rather than take the caller down (said once).
             if tokio::runtime::Handle::try_current().is_err() {
-                crate::driver::no_runtime(&self.replica);
+                crate::sync::driver::no_runtime(&self.replica);
                 return None;
             }
             Some(Box::pin(tokio::time::sleep(limit)))
@@ -156,7 +156,7 @@ impl<C> DistributedCircuitBreakerLayer<C> {
     /// Chooses what the breaker does while its store is unreachable (default:
     /// [`StoreFailure::Local`], decide alone). Applies to every clone.
     pub fn on_store_failure(self, mode: StoreFailure) -> Self {
-        self.shared.replica.fallback.set_mode(mode);
+        self.shared.replica.degraded.set_mode(mode);
         self
     }
 

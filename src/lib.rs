@@ -78,27 +78,23 @@ mod classify;
 mod config;
 mod config_error;
 mod deferred;
-mod driver;
 mod error;
-mod fallback;
 mod future;
 mod key;
 pub mod keyed;
 mod layer;
-mod local;
 mod machine;
 mod on_open;
-mod permit;
 mod policy;
 mod policy_set;
 mod rand;
-mod replica;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
 mod service;
 mod state;
 pub mod store;
+mod sync;
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
 pub mod tower_http;
@@ -115,7 +111,6 @@ pub use config::{PolicyConfig, PolicySetConfig};
 pub use config_error::ConfigError;
 pub use deferred::Deferred;
 pub use error::{BoxError, BreakerError, CallTimeout, CircuitOpen};
-pub use fallback::StoreFailure;
 pub use future::ResponseFuture;
 #[cfg(feature = "axum")]
 pub use key::ByMatchedPath;
@@ -130,6 +125,7 @@ pub use state::{Snapshot, State, StoreEvent, Transition};
 pub use store::{BreakerName, Force, MemoryStore, Store};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
+pub use sync::StoreFailure;
 
 /// Compiles the README's examples as doc tests.
 #[cfg(all(

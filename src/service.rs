@@ -11,8 +11,8 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::layer::{Rejection, Shared};
-use crate::permit::Admission;
-use crate::replica::Peek;
+use crate::sync::permit::Admission;
+use crate::sync::replica::Peek;
 use crate::{BoxError, Breaker, CircuitOpen, Classifier, ResponseFuture};
 
 /// In backpressure mode, the shortest wait before asking again whether a probe

@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
-use crate::permit::Admission;
+use crate::sync::permit::Admission;
 use crate::{BoxError, CircuitOpen, Classifier};
 
 type Acquire = Pin<Box<dyn Future<Output = Result<Admission, CircuitOpen>> + Send>>;

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::key::breaker_name;
 use crate::layer::{Rejection, Shared};
-use crate::replica::Replica;
 use crate::store::Store;
+use crate::sync::replica::Replica;
 use crate::{BreakerName, PolicySet, StoreFailure};
 
 pub(crate) struct Registry<C> {
@@ -121,9 +121,9 @@ impl<C: Clone> Registry<C> {
             self.policies.policy_for(key).clone(),
             self.store.clone(),
         );
-        replica.fallback.set_mode(self.failure_mode());
+        replica.degraded.set_mode(self.failure_mode());
         let replica = Arc::new(replica);
-        crate::driver::start(&replica);
+        crate::sync::driver::start(&replica);
         Shared {
             replica,
             classifier: self.base.classifier.clone(),
@@ -133,7 +133,7 @@ impl<C: Clone> Registry<C> {
     }
 
     fn failure_mode(&self) -> StoreFailure {
-        self.base.replica.fallback.mode()
+        self.base.replica.degraded.mode()
     }
 
     fn now(&self) -> u64 {

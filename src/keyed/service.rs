@@ -7,8 +7,8 @@ use tower_service::Service;
 use super::registry::Registry;
 use super::KeyedResponseFuture;
 use crate::future::ResponseFuture;
-use crate::permit::Admission;
-use crate::replica::Peek;
+use crate::sync::permit::Admission;
+use crate::sync::replica::Peek;
 use crate::{BoxError, Classifier, KeyExtractor};
 
 /// A service behind one breaker per request key; built by

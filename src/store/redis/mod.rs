@@ -1,7 +1,10 @@
 //! The Redis store: one hash per breaker, every change one atomic Lua script,
 //! transitions announced on pub/sub. Works on a single node and on Redis Cluster.
 
+mod builder;
+mod error;
 mod events;
+mod runner;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -10,18 +13,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script};
 use tokio::sync::broadcast;
 
+pub use self::builder::RedisStoreBuilder;
+use self::error::map_error;
 use self::scripts::Scripts;
 use super::{
     Acquired, BreakerName, Force, OutcomeBatch, PolicyConflicts, ProbeResult, Store, StoreError,
     StoreErrorKind, StoreFuture,
 };
-use crate::policy::Params;
-use crate::rand::rand16;
 use crate::{Policy, Snapshot, State, StoreEvent};
 
 /// The version of the Redis hash layout, stored in each breaker's `v` field.
@@ -76,181 +78,6 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
-/// Configures a [`RedisStore`] before connecting.
-#[derive(Debug, Clone)]
-pub struct RedisStoreBuilder {
-    prefix: String,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    #[cfg(feature = "redis-tls")]
-    root_certificate: Option<Vec<u8>>,
-}
-
-impl Default for RedisStoreBuilder {
-    fn default() -> Self {
-        Self {
-            prefix: DEFAULT_PREFIX.to_owned(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(1),
-            #[cfg(feature = "redis-tls")]
-            root_certificate: None,
-        }
-    }
-}
-
-impl RedisStoreBuilder {
-    /// Key prefix (default `dcb`): stores with different prefixes never see
-    /// each other's breakers. 1 to 64 characters, no braces, spaces or control
-    /// characters.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// How long connecting may take (default 2 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long the connection waits for any reply (default 1 s). Requests never
-    /// wait that long: the policy's `store_timeout` bounds them.
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// Trusts the PEM certificate(s) in `pem` for `rediss://` connections
-    /// instead of the system's roots (a private CA, a self-signed server).
-    #[cfg(feature = "redis-tls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
-    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.root_certificate = Some(pem.into());
-        self
-    }
-
-    /// Connects to one Redis server: `redis://[user:password@]host:port[/db]`,
-    /// or `rediss://...` over TLS with the `redis-tls` feature.
-    ///
-    /// Fails with a clear error, within the connect timeout, on a malformed URL,
-    /// an unreachable server, a wrong password, or a user not allowed the
-    /// commands the store needs.
-    pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
-        self.check()?;
-        let client = self.open_client(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let manager = tokio::time::timeout(
-            self.connect_timeout,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| unavailable_after(self.connect_timeout))?
-        .map_err(map_error)?;
-        self.finish(Connection::Single(manager), vec![client]).await
-    }
-
-    /// Connects to a Redis Cluster through any of its nodes.
-    pub async fn connect_cluster(self, nodes: &[&str]) -> Result<RedisStore, StoreError> {
-        self.check()?;
-        if nodes.is_empty() {
-            return Err(StoreError::new(
-                StoreErrorKind::Config,
-                "connect_cluster needs at least one node URL",
-            ));
-        }
-        let clients = nodes
-            .iter()
-            .map(|url| self.open_client(url))
-            .collect::<Result<Vec<_>, _>>()?;
-        let cluster = redis::cluster::ClusterClient::builder(nodes.iter().copied())
-            .connection_timeout(self.connect_timeout)
-            .response_timeout(self.response_timeout)
-            .retries(2)
-            .build()
-            .map_err(map_error)?;
-        let connection = tokio::time::timeout(self.connect_timeout, cluster.get_async_connection())
-            .await
-            .map_err(|_| unavailable_after(self.connect_timeout))?
-            .map_err(map_error)?;
-        self.finish(Connection::Cluster(connection), clients).await
-    }
-
-    fn open_client(&self, url: &str) -> Result<redis::Client, StoreError> {
-        #[cfg(feature = "redis-tls")]
-        {
-            // rustls needs one process-wide crypto provider; ours is ring. An
-            // error only means one is installed already.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            if let Some(root) = &self.root_certificate {
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root.clone()),
-                };
-                return redis::Client::build_with_tls(url, certificates).map_err(|e| {
-                    StoreError::new(
-                        StoreErrorKind::Config,
-                        format!("invalid Redis URL or certificate: {e}"),
-                    )
-                });
-            }
-        }
-        open_client(url)
-    }
-
-    fn check(&self) -> Result<(), StoreError> {
-        let p = &self.prefix;
-        let bad = p.is_empty()
-            || p.len() > MAX_PREFIX_LEN
-            || p.chars()
-                .any(|c| c.is_control() || c.is_whitespace() || c == '{' || c == '}');
-        if bad {
-            return Err(StoreError::new(
-                StoreErrorKind::Config,
-                format!("invalid `prefix` {p:?}: 1 to {MAX_PREFIX_LEN} characters, no braces, spaces or control characters"),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn finish(
-        self,
-        connection: Connection,
-        clients: Vec<redis::Client>,
-    ) -> Result<RedisStore, StoreError> {
-        let channel = format!("{}:events", self.prefix);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let subscriber = tokio::spawn(events::subscribe_forever(
-            clients,
-            channel.clone(),
-            events.clone(),
-            self.connect_timeout,
-        ))
-        .abort_handle();
-        let store = RedisStore {
-            inner: Arc::new(Inner {
-                connection,
-                prefix: self.prefix,
-                channel,
-                scripts: Scripts::new(),
-                events,
-                conflicts: PolicyConflicts::default(),
-                subscriber,
-            }),
-        };
-        // Prove now that this user may run what the store needs (SCRIPT LOAD,
-        // EVALSHA, HSET, PEXPIRE), rather than on the first trip.
-        let check = store.check_access();
-        tokio::time::timeout(self.connect_timeout, check)
-            .await
-            .map_err(|_| unavailable_after(self.connect_timeout))??;
-        Ok(store)
-    }
-}
-
 impl RedisStore {
     /// Connects to one Redis server with the default settings; see
     /// [`RedisStoreBuilder::connect`].
@@ -277,183 +104,6 @@ impl RedisStore {
     pub fn key(&self, name: &BreakerName) -> String {
         format!("{}:{{{}}}", self.inner.prefix, name)
     }
-
-    async fn check_access(&self) -> Result<(), StoreError> {
-        let mut connection = self.inner.connection.clone();
-        for script in self.inner.scripts.all() {
-            let load = script.prepare_invoke();
-            match &mut connection {
-                Connection::Single(c) => load.load_async(c).await,
-                Connection::Cluster(c) => load.load_async(c).await,
-            }
-            .map_err(map_error)?;
-        }
-        let probe = BreakerName::new("__connect_check")
-            .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
-        let policy = Policy::builder()
-            .window(Duration::from_millis(100))
-            .break_duration(Duration::from_millis(100))
-            .probe_lease(Duration::from_millis(100))
-            .sync_interval(Duration::from_millis(100))
-            .key_ttl(Duration::from_millis(100))
-            .build()
-            .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
-        self.run(&self.inner.scripts.read, &probe, &policy, &[], 0)
-            .await?;
-        // Transitions are announced with PUBLISH: a Redis 7 ACL user needs
-        // channel rights (`&{prefix}:events`), which it lacks by default.
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(&self.inner.channel).arg(events::PING);
-        match &mut connection {
-            Connection::Single(c) => publish.query_async::<i64>(c).await,
-            Connection::Cluster(c) => publish.query_async::<i64>(c).await,
-        }
-        .map(drop)
-        .map_err(|error| {
-            let mut refused = map_error(error);
-            if refused.kind() == StoreErrorKind::Refused {
-                refused = StoreError::new(
-                    StoreErrorKind::Refused,
-                    format!(
-                        "this Redis user may not PUBLISH to `{}`; grant it the channel (ACL `&{}`): {refused}",
-                        self.inner.channel, self.inner.channel
-                    ),
-                );
-            }
-            refused
-        })
-    }
-
-    /// Runs one script; `now` overrides Redis's clock when not 0 (tests only).
-    async fn run(
-        &self,
-        script: &Script,
-        name: &BreakerName,
-        policy: &Policy,
-        args: &[u64],
-        now: u64,
-    ) -> Result<Reply, StoreError> {
-        self.run_with(script, name, policy.params(), args, now, rand16())
-            .await
-    }
-
-    async fn run_with(
-        &self,
-        script: &Script,
-        name: &BreakerName,
-        p: &Params,
-        args: &[u64],
-        now: u64,
-        rand16: u32,
-    ) -> Result<Reply, StoreError> {
-        let mut invocation = script.key(self.key(name));
-        invocation
-            .arg(p.consecutive)
-            .arg(p.failure_ppm)
-            .arg(p.slow_ppm)
-            .arg(p.minimum_calls)
-            .arg(p.bucket_ms)
-            .arg(p.buckets)
-            .arg(p.break_ms)
-            .arg(p.backoff_permille)
-            .arg(p.break_max_ms)
-            .arg(p.jitter_ppm)
-            .arg(p.permits)
-            .arg(p.successes)
-            .arg(p.lease_ms)
-            .arg(p.ttl_ms)
-            .arg(p.sync_ms)
-            .arg(p.quorum)
-            .arg(p.fingerprint)
-            .arg(&self.inner.channel)
-            .arg(name.as_str())
-            .arg(rand16)
-            .arg(now);
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let mut connection = self.inner.connection.clone();
-        let reply: Vec<i64> = match &mut connection {
-            Connection::Single(c) => invocation.invoke_async(c).await,
-            Connection::Cluster(c) => invocation.invoke_async(c).await,
-        }
-        .map_err(map_error)?;
-        let reply = Reply::parse(&reply).ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::Corrupt,
-                format!("unexpected script reply {reply:?}"),
-            )
-        })?;
-        if reply.reset {
-            tracing::error!(breaker = %name, key = %self.key(name), "breaker data in Redis was unreadable; reset it to closed with a new generation");
-        }
-        if let Some(theirs) = reply.other_policy {
-            self.inner.conflicts.report(name, p.fingerprint, theirs);
-        }
-        if reply.unannounced {
-            // Saved (so never resent), but other processes learn of it only
-            // on their next read of the shared state.
-            tracing::warn!(breaker = %name, channel = %self.inner.channel, "a transition was saved but could not be announced (PUBLISH refused); other processes follow on their next read");
-        }
-        Ok(reply)
-    }
-}
-
-/// What every script answers:
-/// `{state, generation, remaining ms, lease, reset, other policy, unannounced}`.
-#[derive(Debug, Clone, Copy)]
-struct Reply {
-    snapshot: Snapshot,
-    lease: Option<u64>,
-    reset: bool,
-    /// The fingerprint of another policy that wrote the breaker before.
-    other_policy: Option<u64>,
-    /// The transition was saved but could not be announced (PUBLISH refused).
-    unannounced: bool,
-}
-
-impl Reply {
-    fn parse(values: &[i64]) -> Option<Reply> {
-        let [state, generation, remaining, lease, reset, other, unannounced] = values else {
-            return None;
-        };
-        Some(Reply {
-            snapshot: Snapshot {
-                state: State::from_code(u64::try_from(*state).ok()?)?,
-                generation: u64::try_from(*generation).ok()?,
-                remaining: Duration::from_millis(u64::try_from(*remaining).ok()?),
-            },
-            lease: u64::try_from(*lease).ok().filter(|l| *l > 0),
-            reset: *reset != 0,
-            other_policy: u64::try_from(*other).ok().filter(|o| *o > 0),
-            unannounced: *unannounced != 0,
-        })
-    }
-}
-
-fn open_client(url: &str) -> Result<redis::Client, StoreError> {
-    redis::Client::open(url)
-        .map_err(|e| StoreError::new(StoreErrorKind::Config, format!("invalid Redis URL: {e}")))
-}
-
-fn unavailable_after(timeout: Duration) -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Unavailable,
-        format!("Redis did not answer within {timeout:?}"),
-    )
-}
-
-/// Sorts a Redis error by its error code (the first word of the server's
-/// reply), never by searching its text.
-fn map_error(error: RedisError) -> StoreError {
-    let kind = match error.code() {
-        Some("DCB_CORRUPT" | "DCB_SCHEMA" | "WRONGTYPE") => StoreErrorKind::Corrupt,
-        Some("NOPERM" | "NOAUTH" | "WRONGPASS") => StoreErrorKind::Refused,
-        _ if error.kind() == redis::ErrorKind::AuthenticationFailed => StoreErrorKind::Refused,
-        _ if error.kind() == redis::ErrorKind::InvalidClientConfig => StoreErrorKind::Config,
-        _ => StoreErrorKind::Unavailable,
-    };
-    StoreError::new(kind, error.to_string())
 }
 
 /// Instance and lease ids travel as 52-bit numbers: exact in the scripts' doubles.

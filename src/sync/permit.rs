@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::replica::Replica;
 use crate::store::ProbeResult;
+use crate::sync::replica::Replica;
 use crate::Outcome;
 
 /// Why a call was let through.
@@ -85,7 +85,7 @@ impl ProbePermit {
         if self.local {
             let r = &self.replica;
             if let Some(snapshot) =
-                r.fallback
+                r.degraded
                     .release(r.policy.params(), self.generation, self.lease, result)
             {
                 r.apply_local(snapshot);

@@ -53,7 +53,7 @@ impl StoreFailure {
 
 /// The degraded-mode state of one replica.
 #[derive(Debug)]
-pub(crate) struct Fallback {
+pub(crate) struct Degraded {
     degraded: AtomicBool,
     mode: AtomicU8,
     /// The private breaker, present while degraded in `Local` mode. Locked only
@@ -67,9 +67,9 @@ pub(crate) struct Fallback {
     epoch: Instant,
 }
 
-impl Fallback {
+impl Degraded {
     pub(crate) fn new() -> Self {
-        Fallback {
+        Degraded {
             degraded: AtomicBool::new(false),
             mode: AtomicU8::new(StoreFailure::Local.code()),
             local: Mutex::new(None),
@@ -282,7 +282,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_backlog_keeps_its_generation_and_expires_with_the_window() {
-        let f = Fallback::new();
+        let f = Degraded::new();
         let window = std::time::Duration::from_secs(10);
         f.keep_backlog(batch(7, 1, 2, 2));
         f.keep_backlog(batch(8, 0, 1, 1));
@@ -305,7 +305,7 @@ mod tests {
             .build()
             .unwrap()
             .params();
-        let f = Fallback::new();
+        let f = Degraded::new();
         assert!(
             f.record(&p, &batch(0, 0, 2, 2)).is_none(),
             "not degraded yet"

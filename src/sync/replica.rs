@@ -3,9 +3,9 @@
 //!
 //! A closed call costs one atomic load to admit and one or two atomic
 //! read-modify-writes to record; no lock, no allocation, no store round trip.
-//! Every failure is judged here at once against the policy ([`crate::local`]):
+//! Every failure is judged here at once against the policy ([`crate::sync::local`]):
 //! a replica opens itself on its own trip, exactly when a private breaker
-//! would, and reports the trip to the store. The [`driver`](crate::driver) task
+//! would, and reports the trip to the store. The [`driver`](crate::sync::driver) task
 //! hands the counters to the store in batches and feeds snapshots back through
 //! [`Replica::apply`].
 
@@ -16,12 +16,12 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::fallback::{Fallback, StoreFailure};
-use crate::local::{LocalWindow, Pending};
 use crate::machine::break_ms;
-use crate::permit::{Admission, ProbePermit};
 use crate::rand::{instance_id, instance_id as lease_id, rand16};
 use crate::store::{OutcomeBatch, Store};
+use crate::sync::degraded::{Degraded, StoreFailure};
+use crate::sync::local::{LocalWindow, Pending};
+use crate::sync::permit::{Admission, ProbePermit};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
 
 /// Low bits of the packed snapshot: the state code, then the local flag.
@@ -96,7 +96,7 @@ pub(crate) struct Replica {
     /// The "no tokio runtime" error was logged.
     no_runtime_logged: AtomicBool,
     /// Deciding alone while the store is unreachable.
-    pub(crate) fallback: Fallback,
+    pub(crate) degraded: Degraded,
 }
 
 impl Replica {
@@ -121,7 +121,7 @@ impl Replica {
             wake: Arc::new(Notify::new()),
             driver_started: AtomicBool::new(false),
             no_runtime_logged: AtomicBool::new(false),
-            fallback: Fallback::new(),
+            degraded: Degraded::new(),
         }
     }
 
@@ -130,7 +130,7 @@ impl Replica {
     /// its first call needs it.
     pub(crate) fn spawn(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Arc<Self> {
         let replica = Arc::new(Self::new(name, policy, store));
-        crate::driver::start(&replica);
+        crate::sync::driver::start(&replica);
         replica
     }
 
@@ -138,13 +138,13 @@ impl Replica {
     #[inline(always)]
     pub(crate) fn peek(self: &Arc<Self>) -> Peek {
         if !self.driver_started.load(Ordering::Relaxed) {
-            crate::driver::start(self);
+            crate::sync::driver::start(self);
         }
         let packed = self.snapshot.load(Ordering::Acquire);
         let (state, generation) = unpack(packed);
-        let degraded = self.fallback.is_degraded();
+        let degraded = self.degraded.is_degraded();
         if degraded {
-            match self.fallback.mode() {
+            match self.degraded.mode() {
                 StoreFailure::Local => {}
                 StoreFailure::FailOpen => {
                     return Peek::Pass {
@@ -515,10 +515,10 @@ impl Replica {
         if tokio::runtime::Handle::try_current().is_err() {
             // The store cannot be reached without a runtime (and a tokio
             // timeout would panic): decide alone, as with the store down.
-            crate::driver::no_runtime(&self);
+            crate::sync::driver::no_runtime(&self);
             self.store_lost(&"no tokio runtime");
         }
-        if self.fallback.is_degraded() {
+        if self.degraded.is_degraded() {
             if self.is_local() {
                 // Tripped on its own outcomes: its own probe decides.
                 let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
@@ -579,7 +579,7 @@ impl Replica {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
-        if generation == 0 && !self.fallback.is_degraded() {
+        if generation == 0 && !self.degraded.is_degraded() {
             let _ = tokio::time::timeout(self.policy.store_timeout(), notified).await;
         } else if generation != 0 {
             return Err(self.open_error(state, Duration::ZERO));
@@ -617,13 +617,13 @@ impl Replica {
             generation,
             count: true,
         };
-        match self.fallback.mode() {
+        match self.degraded.mode() {
             StoreFailure::FailOpen => Ok(pass),
             StoreFailure::FailClosed => {
                 Err(self.open_error(State::ForcedOpen, self.policy.sync_interval()))
             }
             StoreFailure::Local => {
-                let Some(acquired) = self.fallback.acquire(self.policy.params()) else {
+                let Some(acquired) = self.degraded.acquire(self.policy.params()) else {
                     return Ok(pass); // the store came back meanwhile
                 };
                 let snapshot = acquired.snapshot;
@@ -644,14 +644,14 @@ impl Replica {
     /// The store failed us: decide alone until it answers again (logged once
     /// per episode).
     pub(crate) fn store_lost(&self, error: &dyn std::fmt::Display) {
-        let entered = self.fallback.enter(self.current());
+        let entered = self.degraded.enter(self.current());
         // Calls waiting for a first answer decide without it now.
         self.synced.notify_waiters();
         if entered {
             tracing::warn!(
                 breaker = %self.name,
                 %error,
-                mode = ?self.fallback.mode(),
+                mode = ?self.degraded.mode(),
                 "store unreachable; deciding alone until it answers"
             );
         }
@@ -660,7 +660,7 @@ impl Replica {
     /// The store answered a call asked with `ticket`: adopt its state (even
     /// over what was decided alone).
     pub(crate) fn store_back(&self, ticket: u64, snapshot: Snapshot) {
-        if self.fallback.leave() {
+        if self.degraded.leave() {
             tracing::info!(breaker = %self.name, state = %snapshot.state, "store reachable again; following the shared state");
             self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
         } else {
@@ -670,7 +670,7 @@ impl Replica {
 
     /// Counts a batch in the private breaker (degraded `Local` mode).
     pub(crate) fn record_locally(&self, batch: &OutcomeBatch) {
-        if let Some(snapshot) = self.fallback.record(self.policy.params(), batch) {
+        if let Some(snapshot) = self.degraded.record(self.policy.params(), batch) {
             self.apply_local(snapshot);
         }
     }
@@ -729,7 +729,7 @@ impl Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if self.pending {
-            crate::permit::release_in_background(
+            crate::sync::permit::release_in_background(
                 &self.replica,
                 0,
                 self.lease,

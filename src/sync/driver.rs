@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::fallback::merge;
-use crate::replica::Replica;
 use crate::store::OutcomeBatch;
+use crate::sync::degraded::merge;
+use crate::sync::replica::Replica;
 use crate::{State, StoreEvent};
 
 /// Early flushes (a failure, or a success that ended a run of failures) are
@@ -92,7 +92,7 @@ async fn run(weak: Weak<Replica>) {
             return;
         };
         match why {
-            Wake::Tick if replica.fallback.is_degraded() && retry_in > 0 => {
+            Wake::Tick if replica.degraded.is_degraded() && retry_in > 0 => {
                 // Backing off from an unreachable store; decide locally meanwhile.
                 retry_in -= 1;
                 decide_locally(&replica, replica.take_batch());
@@ -109,7 +109,7 @@ async fn run(weak: Weak<Replica>) {
                     || current.state != State::Closed
                     || current.generation == 0
                     || replica.is_local()
-                    || replica.fallback.is_degraded();
+                    || replica.degraded.is_degraded();
                 let refresh = busy || idle_ticks >= IDLE_REFRESH_TICKS;
                 if refresh {
                     idle_ticks = 0;
@@ -121,7 +121,7 @@ async fn run(weak: Weak<Replica>) {
                 loop {
                     tokio::select! {
                         _ = &mut attempt => break,
-                        () = wake.notified(), if replica.fallback.is_degraded() => {
+                        () = wake.notified(), if replica.degraded.is_degraded() => {
                             decide_locally(&replica, replica.take_batch());
                         }
                     }
@@ -129,7 +129,7 @@ async fn run(weak: Weak<Replica>) {
                 // Still unreachable: wait twice as many ticks before the next
                 // try (up to MAX_RETRY_TICKS), so a struggling store is not
                 // hammered by a whole fleet.
-                if replica.fallback.is_degraded() {
+                if replica.degraded.is_degraded() {
                     retry_wait = (retry_wait * 2).min(MAX_RETRY_TICKS);
                     retry_in = retry_wait - 1;
                 } else {
@@ -153,7 +153,7 @@ async fn run(weak: Weak<Replica>) {
                 // announcement is a hint: anything but the next generation is
                 // checked by reading the shared state.
                 if transition.name != replica.name.as_str()
-                    || replica.fallback.is_degraded()
+                    || replica.degraded.is_degraded()
                     || replica.apply_hint(transition.snapshot)
                 {
                     continue;
@@ -198,7 +198,7 @@ async fn wait_unless_tripped(replica: &Replica, wake: &tokio::sync::Notify, unti
 /// which is retried on `refresh` only.
 pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
     let mut batch = replica.take_batch();
-    if replica.fallback.is_degraded() {
+    if replica.degraded.is_degraded() {
         decide_locally(replica, batch);
         if !refresh {
             return false;
@@ -206,7 +206,7 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
         batch = OutcomeBatch::default(); // kept in the backlog already
     }
     let send = merge(
-        replica.fallback.take_backlog(replica.policy.window()),
+        replica.degraded.take_backlog(replica.policy.window()),
         batch,
     );
     let timeout = replica.policy.store_timeout();
@@ -228,8 +228,8 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
         Ok(Err(error)) => error,
         Err(_) => &"timed out",
     };
-    replica.fallback.keep_backlog(send);
-    if !replica.fallback.is_degraded() {
+    replica.degraded.keep_backlog(send);
+    if !replica.degraded.is_degraded() {
         replica.store_lost(error);
         replica.record_locally(&batch);
     }
@@ -239,5 +239,5 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
 /// Counts a batch in the private breaker and keeps it for the store.
 fn decide_locally(replica: &Replica, batch: OutcomeBatch) {
     replica.record_locally(&batch);
-    replica.fallback.keep_backlog(batch);
+    replica.degraded.keep_backlog(batch);
 }

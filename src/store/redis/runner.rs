@@ -1,0 +1,167 @@
+//! Running the scripts: the access check at connect, one script call per
+//! store operation, and the scripts' reply.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::error::map_error;
+use super::{events, Connection, RedisStore};
+use crate::policy::Params;
+use crate::rand::rand16;
+use crate::store::{BreakerName, StoreError, StoreErrorKind};
+use crate::{Policy, Snapshot, State};
+
+impl RedisStore {
+    pub(super) async fn check_access(&self) -> Result<(), StoreError> {
+        let mut connection = self.inner.connection.clone();
+        for script in self.inner.scripts.all() {
+            let load = script.prepare_invoke();
+            match &mut connection {
+                Connection::Single(c) => load.load_async(c).await,
+                Connection::Cluster(c) => load.load_async(c).await,
+            }
+            .map_err(map_error)?;
+        }
+        let probe = BreakerName::new("__connect_check")
+            .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
+        let policy = Policy::builder()
+            .window(Duration::from_millis(100))
+            .break_duration(Duration::from_millis(100))
+            .probe_lease(Duration::from_millis(100))
+            .sync_interval(Duration::from_millis(100))
+            .key_ttl(Duration::from_millis(100))
+            .build()
+            .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
+        self.run(&self.inner.scripts.read, &probe, &policy, &[], 0)
+            .await?;
+        // Transitions are announced with PUBLISH: a Redis 7 ACL user needs
+        // channel rights (`&{prefix}:events`), which it lacks by default.
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.inner.channel).arg(events::PING);
+        match &mut connection {
+            Connection::Single(c) => publish.query_async::<i64>(c).await,
+            Connection::Cluster(c) => publish.query_async::<i64>(c).await,
+        }
+        .map(drop)
+        .map_err(|error| {
+            let mut refused = map_error(error);
+            if refused.kind() == StoreErrorKind::Refused {
+                refused = StoreError::new(
+                    StoreErrorKind::Refused,
+                    format!(
+                        "this Redis user may not PUBLISH to `{}`; grant it the channel (ACL `&{}`): {refused}",
+                        self.inner.channel, self.inner.channel
+                    ),
+                );
+            }
+            refused
+        })
+    }
+
+    /// Runs one script; `now` overrides Redis's clock when not 0 (tests only).
+    pub(super) async fn run(
+        &self,
+        script: &Script,
+        name: &BreakerName,
+        policy: &Policy,
+        args: &[u64],
+        now: u64,
+    ) -> Result<Reply, StoreError> {
+        self.run_with(script, name, policy.params(), args, now, rand16())
+            .await
+    }
+
+    pub(super) async fn run_with(
+        &self,
+        script: &Script,
+        name: &BreakerName,
+        p: &Params,
+        args: &[u64],
+        now: u64,
+        rand16: u32,
+    ) -> Result<Reply, StoreError> {
+        let mut invocation = script.key(self.key(name));
+        invocation
+            .arg(p.consecutive)
+            .arg(p.failure_ppm)
+            .arg(p.slow_ppm)
+            .arg(p.minimum_calls)
+            .arg(p.bucket_ms)
+            .arg(p.buckets)
+            .arg(p.break_ms)
+            .arg(p.backoff_permille)
+            .arg(p.break_max_ms)
+            .arg(p.jitter_ppm)
+            .arg(p.permits)
+            .arg(p.successes)
+            .arg(p.lease_ms)
+            .arg(p.ttl_ms)
+            .arg(p.sync_ms)
+            .arg(p.quorum)
+            .arg(p.fingerprint)
+            .arg(&self.inner.channel)
+            .arg(name.as_str())
+            .arg(rand16)
+            .arg(now);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut connection = self.inner.connection.clone();
+        let reply: Vec<i64> = match &mut connection {
+            Connection::Single(c) => invocation.invoke_async(c).await,
+            Connection::Cluster(c) => invocation.invoke_async(c).await,
+        }
+        .map_err(map_error)?;
+        let reply = Reply::parse(&reply).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!("unexpected script reply {reply:?}"),
+            )
+        })?;
+        if reply.reset {
+            tracing::error!(breaker = %name, key = %self.key(name), "breaker data in Redis was unreadable; reset it to closed with a new generation");
+        }
+        if let Some(theirs) = reply.other_policy {
+            self.inner.conflicts.report(name, p.fingerprint, theirs);
+        }
+        if reply.unannounced {
+            // Saved (so never resent), but other processes learn of it only
+            // on their next read of the shared state.
+            tracing::warn!(breaker = %name, channel = %self.inner.channel, "a transition was saved but could not be announced (PUBLISH refused); other processes follow on their next read");
+        }
+        Ok(reply)
+    }
+}
+
+/// What every script answers:
+/// `{state, generation, remaining ms, lease, reset, other policy, unannounced}`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reply {
+    pub(super) snapshot: Snapshot,
+    pub(super) lease: Option<u64>,
+    pub(super) reset: bool,
+    /// The fingerprint of another policy that wrote the breaker before.
+    other_policy: Option<u64>,
+    /// The transition was saved but could not be announced (PUBLISH refused).
+    unannounced: bool,
+}
+
+impl Reply {
+    fn parse(values: &[i64]) -> Option<Reply> {
+        let [state, generation, remaining, lease, reset, other, unannounced] = values else {
+            return None;
+        };
+        Some(Reply {
+            snapshot: Snapshot {
+                state: State::from_code(u64::try_from(*state).ok()?)?,
+                generation: u64::try_from(*generation).ok()?,
+                remaining: Duration::from_millis(u64::try_from(*remaining).ok()?),
+            },
+            lease: u64::try_from(*lease).ok().filter(|l| *l > 0),
+            reset: *reset != 0,
+            other_policy: u64::try_from(*other).ok().filter(|o| *o > 0),
+            unannounced: *unannounced != 0,
+        })
+    }
+}
