@@ -109,7 +109,8 @@ impl Breaker {
 
 /// A call admitted by [`Breaker::admit`]. Report its outcome with
 /// [`finish`](Self::finish); dropped unfinished, it counts as ignored (and a
-/// half-open probe permit goes back to the store).
+/// half-open probe permit goes back to the store), unless dropped by a panic,
+/// which counts as a failure.
 pub struct Permit {
     admission: Option<Admission>,
     replica: Arc<Replica>,
@@ -132,6 +133,18 @@ impl Permit {
     /// Whether this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
         matches!(self.admission, Some(Admission::Probe(_)))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // Dropped unfinished while its thread unwinds: the call panicked,
+        // which counts as a failure (a probe's permit goes back as failed).
+        if std::thread::panicking() {
+            if let Some(admission) = self.admission.take() {
+                admission.finish(&self.replica, Outcome::Failure, false);
+            }
+        }
     }
 }
 

@@ -18,7 +18,8 @@ pin_project! {
     /// Resolves to the inner service's response, or fails with
     /// [`CircuitOpen`] (rejected without calling the inner service) or
     /// [`CallTimeout`]. Classifies and counts the result when it completes; a
-    /// probe dropped before completing returns its permit.
+    /// probe dropped before completing returns its permit; a call whose inner
+    /// future panics counts as a failure.
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F, C>,
@@ -102,7 +103,12 @@ where
                 timeout,
                 call,
             } => {
-                if let Poll::Ready(result) = future.poll(cx) {
+                // If the inner future panics, the guard counts a failure
+                // while the stack unwinds; on every other path it is forgotten.
+                let guard = UnwindGuard(&mut *call);
+                let poll = future.poll(cx);
+                std::mem::forget(guard);
+                if let Poll::Ready(result) = poll {
                     if let Some(call) = call.take() {
                         let elapsed = call.elapsed();
                         let classifier = &call.shared.classifier;
@@ -135,6 +141,19 @@ where
                 }
                 Poll::Pending
             }
+        }
+    }
+}
+
+/// Counts a call as failed if dropped while its thread unwinds from a panic
+/// in the inner future's `poll`.
+struct UnwindGuard<'a, C>(&'a mut Option<Call<C>>);
+
+impl<C> Drop for UnwindGuard<'_, C> {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            let elapsed = call.elapsed();
+            call.finish(Outcome::Failure, elapsed);
         }
     }
 }

@@ -259,7 +259,11 @@ impl Machine {
             Force::Closed(d) => (State::ForcedClosed, d),
             Force::Disabled(d) => (State::Disabled, d),
         };
-        self.transition(state);
+        // Forcing the state a breaker is in changes only its expiry: no
+        // transition, nothing announced.
+        if self.state != state {
+            self.transition(state);
+        }
         self.forced_until = duration.map_or(0, |d| now.saturating_add(force_ms(d)));
     }
 

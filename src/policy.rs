@@ -11,6 +11,9 @@ use crate::ConfigError;
 /// and inside the Redis scripts, where numbers are doubles.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The run of failures that trips a policy that names no trip rule.
+const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+
 /// The most half-open probes a policy may allow at once, fleet-wide.
 pub const MAX_HALF_OPEN_PERMITS: u32 = 100;
 
@@ -223,13 +226,17 @@ impl Default for Policy {
 /// Builds a [`Policy`]; [`build`](Self::build) rejects any invalid value with a
 /// [`ConfigError`] naming the field.
 ///
-/// Defaults: `consecutive_failures(5)`, no rate rules, `minimum_calls(20)`,
+/// Defaults: `consecutive_failures(5)` unless a rate rule is set (then no run
+/// rule unless named too), no rate rules, `minimum_calls(20)`,
 /// `window(10s)` in `10` buckets, `break_duration(5s)`, no backoff, no jitter,
 /// `half_open_permits(1)`, `successes_to_close(1)`, `probe_lease(10s)`,
 /// `key_ttl(1h)`, `sync_interval(1s)`, `store_timeout(50ms)`, `fleet_quorum(1)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyBuilder {
+    /// `None`: not said; the rule is on (at 5) only if no rate rule is set.
     consecutive_failures: Option<u32>,
+    /// `no_consecutive_failures()` was called.
+    consecutive_off: bool,
     failure_rate: Option<f64>,
     slow_call_rate: Option<f64>,
     slow_call_duration: Option<Duration>,
@@ -251,7 +258,8 @@ pub struct PolicyBuilder {
 impl Default for PolicyBuilder {
     fn default() -> Self {
         Self {
-            consecutive_failures: Some(5),
+            consecutive_failures: None,
+            consecutive_off: false,
             failure_rate: None,
             slow_call_rate: None,
             slow_call_duration: None,
@@ -273,15 +281,19 @@ impl Default for PolicyBuilder {
 }
 
 impl PolicyBuilder {
-    /// Trip after `n` failures in a row.
+    /// Trip after `n` failures in a row. On by default (at 5) only while no
+    /// rate rule is set: naming `failure_rate` or `slow_call_rate` alone turns
+    /// it off, naming it too keeps both.
     pub fn consecutive_failures(mut self, n: u32) -> Self {
         self.consecutive_failures = Some(n);
+        self.consecutive_off = false;
         self
     }
 
     /// Turn the consecutive-failures rule off (a rate rule must then be set).
     pub fn no_consecutive_failures(mut self) -> Self {
         self.consecutive_failures = None;
+        self.consecutive_off = true;
         self
     }
 
@@ -401,7 +413,16 @@ impl PolicyBuilder {
     }
 
     /// Validates every field and returns the policy, or the first invalid field.
-    pub fn build(self) -> Result<Policy, ConfigError> {
+    pub fn build(mut self) -> Result<Policy, ConfigError> {
+        // The implicit `consecutive_failures(5)` stands only alone: a policy
+        // that names a rate rule trips on rates unless it also names a run.
+        if self.consecutive_failures.is_none()
+            && !self.consecutive_off
+            && self.failure_rate.is_none()
+            && self.slow_call_rate.is_none()
+        {
+            self.consecutive_failures = Some(DEFAULT_CONSECUTIVE_FAILURES);
+        }
         if let Some(n) = self.consecutive_failures {
             check(n >= 1, "consecutive_failures", "must be at least 1")?;
         }
@@ -627,6 +648,23 @@ mod tests {
         for (builder, field) in cases {
             assert_eq!(field_of(builder), field);
         }
+    }
+
+    #[test]
+    fn a_rate_rule_alone_turns_the_implicit_run_rule_off() {
+        let rate_only = Policy::builder()
+            .failure_rate(0.5)
+            .minimum_calls(10)
+            .build()
+            .unwrap();
+        assert_eq!(rate_only.consecutive_failures(), None);
+        let both = Policy::builder()
+            .failure_rate(0.5)
+            .consecutive_failures(5)
+            .build()
+            .unwrap();
+        assert_eq!(both.consecutive_failures(), Some(5));
+        assert_eq!(Policy::default().consecutive_failures(), Some(5));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::layer::{Rejection, Shared};
@@ -20,6 +20,7 @@ use crate::{BoxError, Breaker, CircuitOpen, Classifier, ResponseFuture};
 const BACKPRESSURE_RETRY: Duration = Duration::from_millis(10);
 
 type Acquiring = Pin<Box<dyn Future<Output = Result<Admission, CircuitOpen>> + Send>>;
+type Waiting = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A service behind a circuit breaker; built by
 /// [`DistributedCircuitBreakerLayer`](crate::DistributedCircuitBreakerLayer).
@@ -56,8 +57,9 @@ enum Readiness {
     Admitted(Admission),
     /// The next call is rejected.
     Rejected(Box<CircuitOpen>),
-    /// Backpressure mode: waiting for the break to end.
-    Waiting(Pin<Box<Sleep>>),
+    /// Backpressure mode: waiting for the break to end, a permit to free up
+    /// or the state to change (whichever comes first). Wrapped as `Acquiring`.
+    Waiting(Mutex<Waiting>),
 }
 
 impl<S, C> DistributedCircuitBreaker<S, C> {
@@ -138,12 +140,19 @@ where
                     Rejection::Fail => return Poll::Ready(Ok(())),
                     Rejection::Backpressure => {
                         let wait = open.retry_after().max(BACKPRESSURE_RETRY);
-                        let sleep = tokio::time::sleep_until(Instant::now() + wait);
-                        self.readiness = Readiness::Waiting(Box::pin(sleep));
+                        let replica = self.shared.replica.clone();
+                        let waiting = async move {
+                            tokio::select! {
+                                () = tokio::time::sleep_until(Instant::now() + wait) => {}
+                                () = replica.changed() => {}
+                            }
+                        };
+                        self.readiness = Readiness::Waiting(Mutex::new(Box::pin(waiting)));
                     }
                 },
-                Readiness::Waiting(sleep) => {
-                    ready!(sleep.as_mut().poll(cx));
+                Readiness::Waiting(waiting) => {
+                    let waiting = waiting.get_mut().unwrap_or_else(PoisonError::into_inner);
+                    ready!(waiting.as_mut().poll(cx));
                     self.readiness = Readiness::Idle;
                 }
             }

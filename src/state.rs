@@ -106,8 +106,11 @@ impl Snapshot {
 pub struct Transition {
     /// The breaker's name.
     pub name: String,
-    /// Its state after the transition.
+    /// Its state after the transition; `remaining` counts from `received`.
     pub snapshot: Snapshot,
+    /// When this process received the announcement: a breaker that applies it
+    /// later still ends its break when the store said, not later.
+    pub received: tokio::time::Instant,
 }
 
 /// What a store announces to the processes that subscribed.

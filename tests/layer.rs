@@ -441,3 +441,26 @@ fn without_a_tokio_runtime_it_never_panics_and_still_trips() {
     assert_eq!(dep.failures(), 3, "tripped at the threshold");
     assert_eq!(breaker.snapshot().state, State::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_panics_counts_as_a_failure() {
+    let layer = layer(3, &MemoryStore::new());
+    let breaker = layer.breaker();
+    breaker.sync().await;
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|fail: bool| async move {
+            if fail {
+                panic!("the dependency client panicked");
+            }
+            Ok::<_, BoxError>("ok")
+        }),
+    );
+    for _ in 0..3 {
+        let call = tokio::spawn(svc.clone().oneshot(true));
+        assert!(call.await.unwrap_err().is_panic());
+    }
+    assert_eq!(breaker.snapshot().state, State::Open, "three panics trip");
+    let err = svc.clone().oneshot(false).await.unwrap_err();
+    assert!(matches!(BreakerError::from(err), BreakerError::Open(_)));
+}

@@ -226,6 +226,19 @@ fn two_window_layouts_share_a_breaker_without_wiping_each_other() {
 }
 
 #[test]
+fn forcing_the_state_it_is_in_only_changes_the_expiry() {
+    let p = consecutive(1);
+    let mut m = Machine::new(0);
+    m.force(0, Force::Open(Some(Duration::from_millis(100))));
+    let g = m.generation;
+    m.force(50, Force::Open(Some(Duration::from_millis(1_000))));
+    assert_eq!(m.generation, g, "no transition, nothing announced");
+    assert_eq!(m.snapshot(&p, 50).remaining, Duration::from_millis(1_000));
+    m.force(60, Force::Open(None));
+    assert_eq!((m.generation, m.forced_until), (g, 0));
+}
+
+#[test]
 fn stale_generation_batches_are_dropped() {
     let p = consecutive(1);
     let mut m = Machine::new(10);
@@ -646,7 +659,9 @@ impl Model {
             Force::Closed(d) => (State::ForcedClosed, d),
             Force::Disabled(d) => (State::Disabled, d),
         };
-        self.enter(state);
+        if self.state != state {
+            self.enter(state);
+        }
         self.forced_until = d.map_or(0, |d| now + (d.as_millis() as u64).max(1));
     }
 

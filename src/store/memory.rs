@@ -142,6 +142,7 @@ impl MemoryStore {
             let _ = self.inner.events.send(StoreEvent::Transition(Transition {
                 name: name.as_str().to_owned(),
                 snapshot,
+                received: Instant::now(),
             }));
         }
         (out, snapshot)

@@ -14,7 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::store::OutcomeBatch;
 use crate::sync::degraded::merge;
 use crate::sync::replica::Replica;
-use crate::{State, StoreEvent};
+use crate::{Snapshot, State, StoreEvent};
 
 /// Early flushes (a failure, or a success that ended a run of failures) are
 /// spaced by a gap that starts at `FIRST_GAP` and doubles with each early
@@ -152,9 +152,16 @@ async fn run(weak: Weak<Replica>) {
                 // While degraded only our own connection's answers count. An
                 // announcement is a hint: anything but the next generation is
                 // checked by reading the shared state.
+                // The break counts from when the announcement arrived, however
+                // long it waited here.
+                let waited = transition.received.elapsed();
+                let snapshot = Snapshot {
+                    remaining: transition.snapshot.remaining.saturating_sub(waited),
+                    ..transition.snapshot
+                };
                 if transition.name != replica.name.as_str()
                     || replica.degraded.is_degraded()
-                    || replica.apply_hint(transition.snapshot)
+                    || replica.apply_hint(snapshot)
                 {
                     continue;
                 }

@@ -116,7 +116,11 @@ pub(crate) fn release_in_background(
             .store
             .release(&replica.name, &replica.policy, generation, lease, result);
         match tokio::time::timeout(replica.policy.store_timeout(), release).await {
-            Ok(Ok(snapshot)) => replica.adopt(ticket, snapshot),
+            Ok(Ok(snapshot)) => {
+                replica.adopt(ticket, snapshot);
+                // A permit is free again: callers waiting for one ask now.
+                replica.notify_changed();
+            }
             Ok(Err(error)) => {
                 tracing::warn!(breaker = %replica.name, %error, "could not return a probe permit; it frees itself when its lease ends")
             }

@@ -83,6 +83,8 @@ pub(crate) struct Replica {
     instance: u64,
     /// Wakes calls waiting for the first answer of the store.
     synced: Notify,
+    /// Wakes calls waiting (backpressure) for the state to change.
+    changed: Notify,
     /// Tickets of this replica's own store calls, in the order they were
     /// asked, and the last ticket issued when the state held now was
     /// adopted: an answer to a question asked after that is authoritative.
@@ -115,6 +117,7 @@ impl Replica {
             trip_pending: AtomicBool::new(false),
             instance: instance_id(),
             synced: Notify::new(),
+            changed: Notify::new(),
             issued: AtomicU64::new(0),
             adopted_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
@@ -437,7 +440,10 @@ impl Replica {
     fn store_pair(&self, packed: u64, remaining: Duration) {
         let deadline = self.now_nanos().saturating_add(nanos(remaining));
         self.deadline.store(deadline, Ordering::Release);
-        self.snapshot.store(packed, Ordering::Release);
+        let before = self.snapshot.swap(packed, Ordering::AcqRel);
+        if before != packed {
+            self.changed.notify_waiters();
+        }
         self.adopted_at
             .store(self.issued.load(Ordering::Acquire), Ordering::Release);
     }
@@ -494,13 +500,32 @@ impl Replica {
     }
 
     /// The snapshot the hot path works from.
+    ///
+    /// An open breaker whose break is over reads as half-open: the next call
+    /// may be a probe (the store moves to half-open when one asks).
     pub(crate) fn current(&self) -> Snapshot {
         let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        let remaining = self.time_left();
+        let state = match state {
+            State::Open if remaining.is_zero() => State::HalfOpen,
+            state => state,
+        };
         Snapshot {
             state,
             generation,
-            remaining: self.time_left(),
+            remaining,
         }
+    }
+
+    /// Resolves when this replica's state changes or a probe permit it knew
+    /// of was returned (calls waiting for the break to end ask again).
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Wakes whoever waits in [`changed`](Self::changed).
+    pub(crate) fn notify_changed(&self) {
+        self.changed.notify_waiters();
     }
 
     /// Asks the store for a probe permit (or, never having heard from the

@@ -111,6 +111,7 @@ pub(super) fn parse(payload: &str) -> Option<Transition> {
             generation,
             remaining,
         },
+        received: tokio::time::Instant::now(),
     })
 }
 

@@ -4,7 +4,10 @@ if command == 3 then
   m.op = 0
   transition(m, CLOSED)
 else
-  transition(m, ({ FORCED_OPEN, FORCED_CLOSED, DISABLED })[command + 1])
+  local state = ({ FORCED_OPEN, FORCED_CLOSED, DISABLED })[command + 1]
+  -- Forcing the state it is in changes only the expiry: nothing announced.
+  if m.st ~= state then transition(m, state) end
+  m.fu = 0
   if duration > 0 then m.fu = now + duration end
 end
 return finish(m, before, reset)
