@@ -389,7 +389,7 @@ impl Machine {
         if p.consecutive > 0 && self.consecutive >= u64::from(p.consecutive) {
             return true;
         }
-        if p.failure_ppm == 0 && p.slow_ppm == 0 {
+        if !p.failure.is_on() && !p.slow.is_on() {
             return false;
         }
         let current = now / p.bucket_ms;
@@ -407,8 +407,7 @@ impl Machine {
         if calls < u64::from(p.minimum_calls) {
             return false;
         }
-        let over = |count: u64, ppm: u32| ppm > 0 && count * 1_000_000 >= u64::from(ppm) * calls;
-        over(failures, p.failure_ppm) || over(slow, p.slow_ppm)
+        p.failure.reached(failures, calls) || p.slow.reached(slow, calls)
     }
 
     fn open(&mut self, p: &Params, now: u64, rand16: u32) {

@@ -57,12 +57,12 @@ pub struct Policy {
 }
 
 /// The policy in the integer form the state machine and the Redis scripts use:
-/// milliseconds, parts per million, permille.
+/// milliseconds, exact fractions, parts per million, permille.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Params {
     pub(crate) consecutive: u32,
-    pub(crate) failure_ppm: u32,
-    pub(crate) slow_ppm: u32,
+    pub(crate) failure: Rate,
+    pub(crate) slow: Rate,
     pub(crate) minimum_calls: u32,
     pub(crate) bucket_ms: u64,
     pub(crate) buckets: u32,
@@ -81,14 +81,70 @@ pub(crate) struct Params {
     pub(crate) fingerprint: u64,
 }
 
+/// A share as an exact fraction `num / den` (`num` 0: the rule is off), so
+/// that "at least a third" means 1 failure in 3 calls, not 333,333 in a
+/// million. Compared by cross-multiplying integers, in Rust and in Lua.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Rate {
+    pub(crate) num: u32,
+    pub(crate) den: u32,
+}
+
+/// The largest denominator a rate may need: a millionth is the finest share.
+const MAX_RATE_DENOMINATOR: u32 = 1_000_000;
+
+impl Rate {
+    /// Whether `count` of `calls` reaches the rate (`count / calls >= num / den`).
+    pub(crate) fn reached(self, count: u64, calls: u64) -> bool {
+        self.num > 0 && count * u64::from(self.den) >= u64::from(self.num) * calls
+    }
+
+    pub(crate) fn is_on(self) -> bool {
+        self.num > 0
+    }
+
+    /// The closest fraction with a denominator of at most a million (continued
+    /// fractions), if it is `rate` to within 1e-9; `None` otherwise.
+    fn exact(rate: f64) -> Option<Rate> {
+        let (mut p0, mut q0, mut p1, mut q1) = (0u64, 1u64, 1u64, 0u64);
+        let mut x = rate;
+        let mut best = None;
+        for _ in 0..64 {
+            let a = x.floor();
+            if !(0.0..=f64::from(MAX_RATE_DENOMINATOR)).contains(&a) {
+                break;
+            }
+            let a = a as u64;
+            let (p2, q2) = (a * p1 + p0, a * q1 + q0);
+            if q2 > u64::from(MAX_RATE_DENOMINATOR) {
+                break;
+            }
+            (p0, q0, p1, q1) = (p1, q1, p2, q2);
+            best = Some((p1, q1));
+            let frac = x - a as f64;
+            if frac < 1e-12 {
+                break;
+            }
+            x = 1.0 / frac;
+        }
+        let (num, den) = best?;
+        let close = (num as f64 / den as f64 - rate).abs() <= 1e-9;
+        (close && num > 0).then(|| Rate {
+            num: u32::try_from(num).unwrap_or(u32::MAX),
+            den: u32::try_from(den).unwrap_or(u32::MAX),
+        })
+    }
+}
+
 impl Params {
-    /// FNV-1a over every field but the fingerprint, cut to 52 bits (exact in
-    /// the Redis scripts' doubles); never 0.
-    pub(crate) fn digest(&self) -> u64 {
-        let fields = [
+    /// The policy as the scripts take it, in the order `machine.lua` reads it.
+    pub(crate) fn script_args(&self) -> [u64; 19] {
+        [
             u64::from(self.consecutive),
-            u64::from(self.failure_ppm),
-            u64::from(self.slow_ppm),
+            u64::from(self.failure.num),
+            u64::from(self.failure.den),
+            u64::from(self.slow.num),
+            u64::from(self.slow.den),
             u64::from(self.minimum_calls),
             self.bucket_ms,
             u64::from(self.buckets),
@@ -102,7 +158,15 @@ impl Params {
             self.ttl_ms,
             self.sync_ms,
             u64::from(self.quorum),
-        ];
+            self.fingerprint,
+        ]
+    }
+
+    /// FNV-1a over every field but the fingerprint, cut to 52 bits (exact in
+    /// the Redis scripts' doubles); never 0.
+    pub(crate) fn digest(&self) -> u64 {
+        let mut fields = self.script_args();
+        fields[fields.len() - 1] = 0; // the fingerprint itself
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in fields.iter().flat_map(|f| f.to_le_bytes()) {
             hash ^= u64::from(byte);
@@ -436,6 +500,11 @@ impl PolicyBuilder {
                     field,
                     format!("must be within (0.0, 1.0], got {rate}"),
                 )?;
+                check(
+                    Rate::exact(rate).is_some(),
+                    field,
+                    format!("{rate} is not a share the breaker can compare exactly: use at least 0.000001 and a fraction with a denominator of at most 1,000,000 (such as 0.5, 0.05 or 2.0 / 3.0)"),
+                )?;
             }
         }
         check(
@@ -535,8 +604,11 @@ impl PolicyBuilder {
 
         let params = Params {
             consecutive: self.consecutive_failures.unwrap_or(0),
-            failure_ppm: self.failure_rate.map_or(0, to_ppm),
-            slow_ppm: self.slow_call_rate.map_or(0, to_ppm),
+            failure: self.failure_rate.and_then(Rate::exact).unwrap_or_default(),
+            slow: self
+                .slow_call_rate
+                .and_then(Rate::exact)
+                .unwrap_or_default(),
             minimum_calls: self.minimum_calls,
             bucket_ms: millis(self.window) / u64::from(self.window_buckets),
             buckets: self.window_buckets,
@@ -651,6 +723,30 @@ mod tests {
     }
 
     #[test]
+    fn rates_are_exact_fractions_or_rejected() {
+        let rate = |r: f64| *Policy::builder().failure_rate(r).build().unwrap().params();
+        assert_eq!(rate(2.0 / 3.0).failure, Rate { num: 2, den: 3 });
+        assert!(
+            rate(2.0 / 3.0).failure.reached(2, 3),
+            "2 of 3 is two thirds"
+        );
+        assert!(!rate(2.0 / 3.0).failure.reached(1, 3));
+        assert_eq!(rate(0.05).failure, Rate { num: 1, den: 20 });
+        assert_eq!(
+            rate(0.000_001).failure,
+            Rate {
+                num: 1,
+                den: 1_000_000
+            }
+        );
+        assert_eq!(rate(1.0).failure, Rate { num: 1, den: 1 });
+        for bad in [1e-7, 0.123_456_789_123] {
+            let err = Policy::builder().failure_rate(bad).build().unwrap_err();
+            assert_eq!(err.field(), "failure_rate", "{bad}");
+        }
+    }
+
+    #[test]
     fn a_rate_rule_alone_turns_the_implicit_run_rule_off() {
         let rate_only = Policy::builder()
             .failure_rate(0.5)
@@ -680,8 +776,8 @@ mod tests {
             .build()
             .unwrap();
         let params = p.params();
-        assert_eq!(params.failure_ppm, 500_000);
-        assert_eq!(params.slow_ppm, 250_000);
+        assert_eq!(params.failure, Rate { num: 1, den: 2 });
+        assert_eq!(params.slow, Rate { num: 1, den: 4 });
         assert_eq!(params.bucket_ms, 2_000);
         assert_eq!(params.backoff_permille, 1_500);
         assert_eq!(params.break_max_ms, 30_000);

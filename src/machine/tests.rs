@@ -4,6 +4,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::policy::Rate;
 use crate::Policy;
 
 fn params(builder: crate::PolicyBuilder) -> Params {
@@ -552,8 +553,9 @@ impl Model {
         }
         let failures = in_window.iter().filter(|c| c.1).count() as f64;
         let slow = in_window.iter().filter(|c| c.2).count() as f64;
-        (p.failure_ppm > 0 && failures / calls >= f64::from(p.failure_ppm) / 1e6)
-            || (p.slow_ppm > 0 && slow / calls >= f64::from(p.slow_ppm) / 1e6)
+        let reached =
+            |n: f64, r: Rate| r.num > 0 && n * f64::from(r.den) >= f64::from(r.num) * calls;
+        reached(failures, p.failure) || reached(slow, p.slow)
     }
 
     fn record(&mut self, p: &Params, now: u64, b: &OutcomeBatch, rand16: u32) {
@@ -743,8 +745,8 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
 pub(crate) fn policy() -> impl Strategy<Value = Params> {
     (
         0u32..4,
-        prop_oneof![Just(0u32), Just(500_000), Just(200_000)],
-        prop_oneof![Just(0u32), Just(300_000)],
+        prop_oneof![Just((0u32, 1u32)), Just((1, 2)), Just((1, 5)), Just((2, 3))],
+        prop_oneof![Just((0u32, 1u32)), Just((3, 10))],
         1u32..8,
         (10u64..100, 1u32..5),
         (50u64..400, 1000u32..3000, 1u64..4),
@@ -764,13 +766,19 @@ pub(crate) fn policy() -> impl Strategy<Value = Params> {
                 (permits, successes, lease_ms, sync_ms),
                 quorum,
             )| Params {
-                consecutive: if consecutive == 0 && failure_ppm == 0 && slow_ppm == 0 {
+                consecutive: if consecutive == 0 && failure_ppm.0 == 0 && slow_ppm.0 == 0 {
                     3
                 } else {
                     consecutive
                 },
-                failure_ppm,
-                slow_ppm,
+                failure: Rate {
+                    num: failure_ppm.0,
+                    den: failure_ppm.1,
+                },
+                slow: Rate {
+                    num: slow_ppm.0,
+                    den: slow_ppm.1,
+                },
                 minimum_calls,
                 bucket_ms,
                 buckets,

@@ -37,7 +37,7 @@ pub(crate) struct Pending {
 impl LocalWindow {
     /// Adds a batch's counts at `now_ms` and drops buckets that left the window.
     pub(crate) fn fold(&self, p: &Params, now_ms: u64, batch: Pending) {
-        if p.failure_ppm == 0 && p.slow_ppm == 0 {
+        if !p.failure.is_on() && !p.slow.is_on() {
             return;
         }
         let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
@@ -81,7 +81,7 @@ impl LocalWindow {
 
     /// Whether a rate rule fires on the window plus `pending`.
     pub(crate) fn over(&self, p: &Params, pending: Pending) -> bool {
-        if p.failure_ppm == 0 && p.slow_ppm == 0 {
+        if !p.failure.is_on() && !p.slow.is_on() {
             return false;
         }
         let calls = self.calls.load(Ordering::Relaxed) + pending.calls;
@@ -90,8 +90,7 @@ impl LocalWindow {
         }
         let failures = self.failures.load(Ordering::Relaxed) + pending.failures;
         let slow = self.slow.load(Ordering::Relaxed) + pending.slow;
-        let over = |count: u64, ppm: u32| ppm > 0 && count * 1_000_000 >= u64::from(ppm) * calls;
-        over(failures, p.failure_ppm) || over(slow, p.slow_ppm)
+        p.failure.reached(failures, calls) || p.slow.reached(slow, calls)
     }
 }
 

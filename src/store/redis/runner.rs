@@ -82,24 +82,10 @@ impl RedisStore {
         rand16: u32,
     ) -> Result<Reply, StoreError> {
         let mut invocation = script.key(self.key(name));
+        for arg in p.script_args() {
+            invocation.arg(arg);
+        }
         invocation
-            .arg(p.consecutive)
-            .arg(p.failure_ppm)
-            .arg(p.slow_ppm)
-            .arg(p.minimum_calls)
-            .arg(p.bucket_ms)
-            .arg(p.buckets)
-            .arg(p.break_ms)
-            .arg(p.backoff_permille)
-            .arg(p.break_max_ms)
-            .arg(p.jitter_ppm)
-            .arg(p.permits)
-            .arg(p.successes)
-            .arg(p.lease_ms)
-            .arg(p.ttl_ms)
-            .arg(p.sync_ms)
-            .arg(p.quorum)
-            .arg(p.fingerprint)
             .arg(&self.inner.channel)
             .arg(name.as_str())
             .arg(rand16)

@@ -4,30 +4,17 @@
 -- number for jitter and a clock override (0: use Redis TIME), then the
 -- operation's own arguments from ARGV[OP] on.
 local key = KEYS[1]
-local P = {
-  consecutive = tonumber(ARGV[1]),
-  failure_ppm = tonumber(ARGV[2]),
-  slow_ppm = tonumber(ARGV[3]),
-  minimum_calls = tonumber(ARGV[4]),
-  bucket_ms = tonumber(ARGV[5]),
-  buckets = tonumber(ARGV[6]),
-  break_ms = tonumber(ARGV[7]),
-  backoff_permille = tonumber(ARGV[8]),
-  break_max_ms = tonumber(ARGV[9]),
-  jitter_ppm = tonumber(ARGV[10]),
-  permits = tonumber(ARGV[11]),
-  successes = tonumber(ARGV[12]),
-  lease_ms = tonumber(ARGV[13]),
-  ttl_ms = tonumber(ARGV[14]),
-  sync_ms = tonumber(ARGV[15]),
-  quorum = tonumber(ARGV[16]),
-  fingerprint = tonumber(ARGV[17]),
-}
-local channel = ARGV[18]
-local name = ARGV[19]
-local rand16 = tonumber(ARGV[20])
-local now = tonumber(ARGV[21])
-local OP = 22
+-- The policy, in the order of `Params::script_args` in src/policy.rs.
+local PARAMS = { 'consecutive', 'failure_num', 'failure_den', 'slow_num', 'slow_den', 'minimum_calls',
+  'bucket_ms', 'buckets', 'break_ms', 'backoff_permille', 'break_max_ms', 'jitter_ppm', 'permits',
+  'successes', 'lease_ms', 'ttl_ms', 'sync_ms', 'quorum', 'fingerprint' }
+local P = {}
+for i, field in ipairs(PARAMS) do P[field] = tonumber(ARGV[i]) end
+local channel = ARGV[#PARAMS + 1]
+local name = ARGV[#PARAMS + 2]
+local rand16 = tonumber(ARGV[#PARAMS + 3])
+local now = tonumber(ARGV[#PARAMS + 4])
+local OP = #PARAMS + 5
 -- The fingerprint of another policy that wrote before this call (0: none).
 local other_policy = 0
 local MAX_QUORUM = 16
@@ -318,7 +305,7 @@ local function should_trip(m, tripped)
     if distinct(m.fi) < P.quorum then return false end
   end
   if P.consecutive > 0 and m.cf >= P.consecutive then return true end
-  if P.failure_ppm == 0 and P.slow_ppm == 0 then return false end
+  if P.failure_num == 0 and P.slow_num == 0 then return false end
   local current = math.floor(now / P.bucket_ms)
   local oldest = math.max(current + 1 - P.buckets, 0)
   local calls, fails, slow = 0, 0, 0
@@ -330,10 +317,11 @@ local function should_trip(m, tripped)
     end
   end
   if calls < P.minimum_calls then return false end
-  local function over(n, ppm)
-    return ppm > 0 and n * 1000000 >= ppm * calls
+  -- Exact: count / calls >= num / den, cross-multiplied.
+  local function reached(n, num, den)
+    return num > 0 and n * den >= num * calls
   end
-  return over(fails, P.failure_ppm) or over(slow, P.slow_ppm)
+  return reached(fails, P.failure_num, P.failure_den) or reached(slow, P.slow_num, P.slow_den)
 end
 
 -- Saves, announces a transition, and answers
