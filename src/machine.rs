@@ -307,13 +307,19 @@ impl Machine {
             }
         }
         self.rebucket(p, now);
-        let index = now / p.bucket_ms;
+        // The bucket of when the calls happened, not of when they arrived.
+        let index = now.saturating_sub(batch.counted_age_ms) / p.bucket_ms;
+        if index + u64::from(p.buckets) <= now / p.bucket_ms {
+            return; // older than the window
+        }
         let slot = &mut self.buckets[(index % u64::from(p.buckets)) as usize];
-        if slot.index != index {
+        if slot.index < index || slot.calls == 0 {
             *slot = Bucket {
                 index,
                 ..Bucket::default()
             };
+        } else if slot.index > index {
+            return; // its bucket was reused for a newer one: out of the window
         }
         slot.calls += u64::from(batch.successes) + u64::from(batch.failures);
         slot.failures += u64::from(batch.failures);

@@ -240,6 +240,33 @@ fn forcing_the_state_it_is_in_only_changes_the_expiry() {
 }
 
 #[test]
+fn outcomes_count_in_the_bucket_of_when_they_happened() {
+    let p = params(
+        Policy::builder()
+            .failure_rate(0.5)
+            .minimum_calls(10)
+            .window(Duration::from_millis(1000))
+            .window_buckets(10),
+    );
+    let mut m = Machine::new(0);
+    let g = m.generation;
+    let failing = |n, counted_age_ms| OutcomeBatch {
+        generation: g,
+        failures: n,
+        trailing_failures: n,
+        counted_age_ms,
+        ..OutcomeBatch::default()
+    };
+    // Six failures that happened at t=50, flushed at t=1000...
+    m.record(&p, 1_000, &failing(6, 950), 0);
+    // ...have left the one-second window by t=1060: four calls in it.
+    m.record(&p, 1_060, &failing(4, 0), 0);
+    assert_eq!(m.state, State::Closed);
+    m.record(&p, 1_070, &failing(6, 0), 0);
+    assert_eq!(m.state, State::Open, "ten calls in the window now");
+}
+
+#[test]
 fn stale_generation_batches_are_dropped() {
     let p = consecutive(1);
     let mut m = Machine::new(10);
@@ -597,7 +624,8 @@ impl Model {
         {
             let slow = slow_left > 0;
             slow_left = slow_left.saturating_sub(1);
-            self.calls.push((now, failed, slow));
+            self.calls
+                .push((now.saturating_sub(b.counted_age_ms), failed, slow));
         }
         if self.state == State::Closed && self.trips(p, now, b.tripped) {
             self.open(p, now, rand16);
@@ -699,6 +727,7 @@ pub(crate) enum Op {
         run_age: u64,
         instance: u64,
         tripped: bool,
+        counted_age: u64,
     },
     /// Ask for a permit, with a new id or (`again`) an id asked with before.
     Acquire {
@@ -723,8 +752,8 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (
             (any::<bool>(), 0u32..5, 0u32..6, 0u32..4, 0u32..6),
-            (prop_oneof![0u64..300, Just(OutcomeBatch::UNKNOWN_AGE)], prop_oneof![0u64..300, Just(OutcomeBatch::UNKNOWN_AGE)], 0u64..4, prop::bool::weighted(0.1)),
-        ).prop_map(|((stale, successes, failures, slow, trailing), (success_age, run_age, instance, tripped))| Op::Record {
+            (prop_oneof![0u64..300, Just(OutcomeBatch::UNKNOWN_AGE)], prop_oneof![0u64..300, Just(OutcomeBatch::UNKNOWN_AGE)], 0u64..4, prop::bool::weighted(0.1), prop_oneof![Just(0u64), 0u64..500]),
+        ).prop_map(|((stale, successes, failures, slow, trailing), (success_age, run_age, instance, tripped, counted_age))| Op::Record {
             stale: stale && successes % 4 == 0,
             successes,
             failures,
@@ -734,6 +763,7 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
             run_age,
             instance,
             tripped,
+            counted_age,
         }),
         3 => proptest::option::weighted(0.2, 0usize..3).prop_map(|again| Op::Acquire { again }),
         3 => (0usize..4, 0u8..3, any::<bool>(), prop::bool::weighted(0.15)).prop_map(|(pick, result, stale, blind)| Op::Release { pick, result, stale: stale && pick == 0, blind }),
@@ -813,7 +843,7 @@ proptest! {
         let mut next_id = 0u64;
         for (op, rand16) in ops {
             match op {
-                Op::Record { stale, successes, failures, slow, trailing, success_age, run_age, instance, tripped } => {
+                Op::Record { stale, successes, failures, slow, trailing, success_age, run_age, instance, tripped, counted_age } => {
                     let generation = match (stale, successes % 3) {
                         (true, _) => machine.generation - 1,
                         (false, 0) => 0, // a process that has not synced yet
@@ -822,6 +852,7 @@ proptest! {
                     let b = OutcomeBatch {
                         generation, successes, failures, slow, trailing_failures: trailing,
                         success_age_ms: success_age, run_age_ms: run_age, instance, tripped,
+                        counted_age_ms: counted_age,
                     };
                     machine.record(&p, now, &b, rand16);
                     model.record(&p, now, &b, rand16);

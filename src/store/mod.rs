@@ -66,6 +66,10 @@ pub struct OutcomeBatch {
     /// [`fleet_quorum`](crate::PolicyBuilder::fleet_quorum) can count distinct
     /// instances.
     pub instance: u64,
+    /// How long ago (milliseconds) the batch's outcomes happened, on average:
+    /// the store counts them in the window bucket of that moment, not of the
+    /// moment the batch arrived. 0 (the default): just now.
+    pub counted_age_ms: u64,
     /// The instance judged its own outcomes against the policy and opened its
     /// own breaker: the store opens the breaker fleet-wide when enough distinct
     /// instances did so within the window (the policy's quorum; by default one).

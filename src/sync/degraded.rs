@@ -201,6 +201,7 @@ impl Degraded {
             success_age_ms: OutcomeBatch::UNKNOWN_AGE,
             run_age_ms: OutcomeBatch::UNKNOWN_AGE,
             tripped: false,
+            counted_age_ms: 0,
             ..merged
         };
         since.get_or_insert_with(Instant::now);
@@ -248,6 +249,7 @@ pub(crate) fn merge(earlier: OutcomeBatch, later: OutcomeBatch) -> OutcomeBatch 
         run_age_ms: OutcomeBatch::UNKNOWN_AGE,
         instance: later.instance,
         tripped: false,
+        counted_age_ms: 0,
     }
 }
 

@@ -354,9 +354,12 @@ impl Replica {
         let run_at = previous.max(c.run_started.load(Ordering::Relaxed));
         let age = |at: u64| now.saturating_sub(at) / 1_000_000;
         let p = self.policy.params();
+        // The batch's calls happened since the previous one: count them at
+        // the middle of that span (at most half a sync interval off).
+        let counted_age_ms = now.saturating_sub(previous) / 2 / 1_000_000;
         self.window.fold(
             p,
-            now / 1_000_000,
+            (now / 1_000_000).saturating_sub(counted_age_ms),
             Pending {
                 calls: u64::from(successes) + u64::from(failures),
                 failures: u64::from(failures),
@@ -376,6 +379,7 @@ impl Replica {
             run_age_ms: age(run_at),
             instance: self.instance,
             tripped: self.trip_pending.swap(false, Ordering::AcqRel),
+            counted_age_ms,
         }
     }
 

@@ -127,6 +127,7 @@ impl Store for RedisStore {
                 batch.run_age_ms.min(OutcomeBatch::UNKNOWN_AGE),
                 batch.instance & INSTANCE_MASK,
                 u64::from(batch.tripped),
+                batch.counted_age_ms.min(OutcomeBatch::UNKNOWN_AGE),
             ];
             let reply = self
                 .run(&self.inner.scripts.record, name, policy, &args, 0)

@@ -52,7 +52,7 @@ fn lua_scripts_match_the_rust_machine() {
         prop_assert_eq!(first.snapshot, machine.snapshot(&p, now));
         for (op, rand16) in ops {
             let reply = match op {
-                Op::Record { stale, successes, failures, slow, trailing, success_age, run_age, instance, tripped } => {
+                Op::Record { stale, successes, failures, slow, trailing, success_age, run_age, instance, tripped, counted_age } => {
                     let generation = match (stale, successes % 3) {
                         (true, _) => machine.generation - 1,
                         (false, 0) => 0,
@@ -61,11 +61,12 @@ fn lua_scripts_match_the_rust_machine() {
                     let batch = OutcomeBatch {
                         generation, successes, failures, slow, trailing_failures: trailing,
                         success_age_ms: success_age, run_age_ms: run_age, instance, tripped,
+                        counted_age_ms: counted_age,
                     };
                     machine.record(&p, now, &batch, rand16);
                     let args = [
                         generation, successes.into(), failures.into(), slow.into(), trailing.into(),
-                        success_age, run_age, instance, u64::from(tripped),
+                        success_age, run_age, instance, u64::from(tripped), counted_age,
                     ];
                     rt.block_on(s.run_with(&scripts.record, &name, &p, &args, now, rand16)).unwrap()
                 }

@@ -256,7 +256,7 @@ local function rebucket(m)
   end
 end
 
--- b: successes, failures, slow, trailing, success_age, run_age, instance, tripped.
+-- b: successes, failures, slow, trailing, success_age, run_age, instance, tripped, counted_age.
 local function count(m, b)
   if b.successes > 0 then
     m.sa = math.max(m.sa, math.max(now - b.success_age, 0))
@@ -277,12 +277,16 @@ local function count(m, b)
     if b.tripped then m.tr = note(m.tr, b.instance, window) end
   end
   rebucket(m)
-  local index = math.floor(now / P.bucket_ms)
+  -- The bucket of when the calls happened, not of when they arrived.
+  local index = math.floor(math.max(now - b.counted_age, 0) / P.bucket_ms)
+  if index + P.buckets <= math.floor(now / P.bucket_ms) then return end
   local slot = (index % P.buckets) + 1
   local w = m.w[slot]
-  if w[1] ~= index then
+  if w[1] < index or w[2] == 0 then
     w = { index, 0, 0, 0 }
     m.w[slot] = w
+  elseif w[1] > index then
+    return
   end
   w[2] = w[2] + b.successes + b.failures
   w[3] = w[3] + b.failures
