@@ -118,7 +118,8 @@ impl Machine {
     }
 
     /// Until when a store must keep this breaker if nothing touches it:
-    /// `key_ttl` from now, or until a forced state ends and `key_ttl` after;
+    /// `key_ttl` from now, or until a forced state or a break ends and
+    /// `key_ttl` after;
     /// `u64::MAX` for a forced state without an expiry.
     pub(crate) fn keep_until(&self, p: &Params, now: u64) -> u64 {
         let forced = matches!(
@@ -128,6 +129,10 @@ impl Machine {
         match (forced, self.forced_until) {
             (true, 0) => u64::MAX,
             (true, until) => until.max(now).saturating_add(p.ttl_ms),
+            // An operator's break may outlast the TTL.
+            (false, _) if self.state == State::Open => {
+                self.open_until.max(now).saturating_add(p.ttl_ms)
+            }
             (false, _) => now.saturating_add(p.ttl_ms),
         }
     }
@@ -253,6 +258,12 @@ impl Machine {
             Force::Reset => {
                 self.opens = 0;
                 self.close();
+                return;
+            }
+            Force::OpenThenProbe(d) => {
+                // An ordinary break of the operator's length: half-open after.
+                self.transition(State::Open);
+                self.open_until = now.saturating_add(force_ms(d));
                 return;
             }
             Force::Open(d) => (State::ForcedOpen, d),

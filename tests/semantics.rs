@@ -256,3 +256,29 @@ async fn a_rate_rule_alone_trips_on_the_rate_not_on_five_in_a_row() {
         .unwrap_err();
     assert!(matches!(BreakerError::from(err), BreakerError::Open(_)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_open_ends_half_open_with_a_probe() {
+    let dep = Dependency::new();
+    let layer = DistributedCircuitBreakerLayer::new("timed", policy(), MemoryStore::new()).unwrap();
+    let breaker = layer.breaker();
+    breaker
+        .force(Force::OpenThenProbe(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(breaker.snapshot().state, State::Open);
+    assert!(layer.layer(dep.clone()).oneshot(()).await.is_err());
+    settle(Duration::from_secs(60)).await;
+    assert_eq!(breaker.snapshot().state, State::HalfOpen);
+    // One probe; the dependency is still down, so the breaker opens again.
+    dep.set_down(true);
+    assert!(layer.layer(dep.clone()).oneshot(()).await.is_err());
+    assert_eq!(dep.calls(), 1);
+    settle(Duration::from_millis(50)).await;
+    assert_eq!(breaker.snapshot().state, State::Open);
+    assert!(layer.layer(dep.clone()).oneshot(()).await.is_err());
+    assert_eq!(dep.calls(), 1, "no second probe during the new break");
+    // The named forms mean the old variants.
+    assert_eq!(Force::isolate(None), Force::Open(None));
+    assert_eq!(Force::metrics_only(None), Force::Closed(None));
+}

@@ -685,6 +685,11 @@ impl Model {
                 self.enter(State::Closed);
                 return;
             }
+            Force::OpenThenProbe(d) => {
+                self.enter(State::Open);
+                self.open_until = now + (d.as_millis() as u64).max(1);
+                return;
+            }
             Force::Open(d) => (State::ForcedOpen, d),
             Force::Closed(d) => (State::ForcedClosed, d),
             Force::Disabled(d) => (State::Disabled, d),
@@ -767,7 +772,7 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         }),
         3 => proptest::option::weighted(0.2, 0usize..3).prop_map(|again| Op::Acquire { again }),
         3 => (0usize..4, 0u8..3, any::<bool>(), prop::bool::weighted(0.15)).prop_map(|(pick, result, stale, blind)| Op::Release { pick, result, stale: stale && pick == 0, blind }),
-        1 => (0u8..4, proptest::option::of(1u64..400)).prop_map(|(kind, ms)| Op::Force { kind, ms }),
+        1 => (0u8..5, proptest::option::of(1u64..400)).prop_map(|(kind, ms)| Op::Force { kind, ms }),
         4 => (0u64..400).prop_map(Op::Advance),
     ]
 }
@@ -878,7 +883,7 @@ proptest! {
                 }
                 Op::Force { kind, ms } => {
                     let d = ms.map(Duration::from_millis);
-                    let f = [Force::Open(d), Force::Closed(d), Force::Disabled(d), Force::Reset][kind as usize];
+                    let f = [Force::Open(d), Force::Closed(d), Force::Disabled(d), Force::Reset, Force::OpenThenProbe(d.unwrap_or(Duration::from_millis(100)))][kind as usize];
                     machine.force(now, f);
                     model.force(now, f);
                 }

@@ -114,14 +114,35 @@ pub enum ProbeResult {
 /// an expiry stays until reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Force {
-    /// Reject every call, for the given time or until reset.
+    /// Isolate: reject every call, for the given time (then closed, without
+    /// probes) or until reset. [`Force::isolate`] says it by name.
     Open(Option<Duration>),
-    /// Admit every call and count outcomes without ever tripping.
+    /// Metrics only: admit every call and count outcomes, never tripping, for
+    /// the given time or until reset (resilience4j's `METRICS_ONLY`).
+    /// [`Force::metrics_only`] says it by name.
     Closed(Option<Duration>),
-    /// Admit every call and count nothing.
+    /// Admit every call and count nothing, for the given time or until reset.
     Disabled(Option<Duration>),
+    /// Open now as if tripped, for this long, then half-open with probes like
+    /// any break (resilience4j's timed open): the breaker closes only if the
+    /// dependency answers.
+    OpenThenProbe(Duration),
     /// Back to closed, counters and backoff cleared.
     Reset,
+}
+
+impl Force {
+    /// Reject every call for `duration` (`None`: until reset); the same as
+    /// [`Force::Open`].
+    pub fn isolate(duration: Option<Duration>) -> Self {
+        Force::Open(duration)
+    }
+
+    /// Admit and count every call without ever tripping, for `duration`
+    /// (`None`: until reset); the same as [`Force::Closed`].
+    pub fn metrics_only(duration: Option<Duration>) -> Self {
+        Force::Closed(duration)
+    }
 }
 
 /// Why a store could not answer.

@@ -189,6 +189,7 @@ impl Store for RedisStore {
                 Force::Closed(d) => [1, duration(d)],
                 Force::Disabled(d) => [2, duration(d)],
                 Force::Reset => [3, 0],
+                Force::OpenThenProbe(d) => [4, crate::machine::force_ms(d)],
             };
             let reply = self
                 .run(&self.inner.scripts.force, name, policy, &args, 0)

@@ -92,9 +92,9 @@ fn lua_scripts_match_the_rust_machine() {
                 }
                 Op::Force { kind, ms } => {
                     let d = ms.map(Duration::from_millis);
-                    let f = [Force::Open(d), Force::Closed(d), Force::Disabled(d), Force::Reset][kind as usize];
+                    let f = [Force::Open(d), Force::Closed(d), Force::Disabled(d), Force::Reset, Force::OpenThenProbe(d.unwrap_or(Duration::from_millis(100)))][kind as usize];
                     machine.force(now, f);
-                    let args = [u64::from(kind), ms.map_or(0, |ms| ms.max(1))];
+                    let args = [u64::from(kind), if kind == 4 { ms.unwrap_or(100) } else { ms.map_or(0, |ms| ms.max(1)) }];
                     rt.block_on(s.run_with(&scripts.force, &name, &p, &args, now, rand16)).unwrap()
                 }
                 Op::Advance(ms) => {

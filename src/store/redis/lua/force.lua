@@ -1,8 +1,13 @@
--- ARGV[OP..]: command (0 open, 1 closed, 2 disabled, 3 reset), duration in ms (0: until reset).
+-- ARGV[OP..]: command (0 open, 1 closed, 2 disabled, 3 reset, 4 open then probe),
+-- duration in ms (0: until reset).
 local command, duration = tonumber(ARGV[OP]), tonumber(ARGV[OP + 1])
 if command == 3 then
   m.op = 0
   transition(m, CLOSED)
+elseif command == 4 then
+  -- An ordinary break of the operator's length: half-open after.
+  transition(m, OPEN)
+  m.ou = now + duration
 else
   local state = ({ FORCED_OPEN, FORCED_CLOSED, DISABLED })[command + 1]
   -- Forcing the state it is in changes only the expiry: nothing announced.

@@ -136,6 +136,9 @@ local function save(m)
     redis.call('PERSIST', key)
   elseif forced then
     redis.call('PEXPIRE', key, int(math.max(P.ttl_ms, m.fu - now + P.ttl_ms)))
+  elseif m.st == OPEN then
+    -- An operator's break may outlast the TTL.
+    redis.call('PEXPIRE', key, int(math.max(P.ttl_ms, m.ou - now + P.ttl_ms)))
   else
     redis.call('PEXPIRE', key, int(P.ttl_ms))
   end
