@@ -113,44 +113,38 @@ pub(crate) fn breaker_name(base: &str, key: &str) -> String {
     let mut name = String::with_capacity(base.len() + 1 + key.len());
     name.push_str(base);
     name.push('/');
-    let mut full = true;
-    // Room for `~` and the hash, in case the name must be shortened.
-    let limit = MAX_NAME_LEN - 1 - HASH_HEX;
-    let mut cut = None;
     for c in key.chars() {
-        let mut buf = [0u8; 12];
-        let piece: &str = if c.is_control() || matches!(c, '{' | '}' | '%' | '~') {
+        if c.is_control() || matches!(c, '{' | '}' | '%' | '~') {
             let mut utf8 = [0u8; 4];
-            let mut len = 0;
             for byte in c.encode_utf8(&mut utf8).bytes() {
-                let hex = b"0123456789ABCDEF";
-                buf[len] = b'%';
-                buf[len + 1] = hex[usize::from(byte >> 4)];
-                buf[len + 2] = hex[usize::from(byte & 0xF)];
-                len += 3;
+                name.push('%');
+                name.push(char::from(HEX[usize::from(byte >> 4)]));
+                name.push(char::from(HEX[usize::from(byte & 0xF)]));
             }
-            // Only ASCII was written.
-            std::str::from_utf8(&buf[..len]).unwrap_or("%")
         } else {
-            c.encode_utf8(&mut buf)
-        };
-        if cut.is_none() && name.len() + piece.len() > limit {
-            cut = Some(name.len());
+            name.push(c);
         }
-        if name.len() + piece.len() > MAX_NAME_LEN {
-            full = false;
-            break;
-        }
-        name.push_str(piece);
     }
-    if !full {
-        name.truncate(cut.unwrap_or(name.len()));
-        let digest = sha1_smol::Sha1::from(key.as_bytes()).digest().to_string();
-        name.push('~');
-        name.push_str(&digest[..HASH_HEX]);
+    if name.len() <= MAX_NAME_LEN {
+        return name;
     }
+    // Too long: keep a readable prefix (cut at a character boundary) and end
+    // with `~` and the hash of the whole name. Escaped keys hold no `~`, so a
+    // shortened name never equals a whole one, whatever the base.
+    let digest = sha1_smol::Sha1::from(format!("{base}/{key}").as_bytes())
+        .digest()
+        .to_string();
+    let mut cut = MAX_NAME_LEN - 1 - HASH_HEX;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name.truncate(cut);
+    name.push('~');
+    name.push_str(&digest[..HASH_HEX]);
     name
 }
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 #[cfg(test)]
 mod tests {
@@ -186,6 +180,11 @@ mod tests {
         assert!(a.len() <= MAX_NAME_LEN && b.len() <= MAX_NAME_LEN);
         assert!(a.starts_with("tenants/xxxx"), "readable prefix: {a}");
         assert!(crate::BreakerName::new(&a).is_ok());
+        // A base long enough to leave no room still gives one name per key.
+        let base = "b".repeat(190);
+        let (x, y) = (breaker_name(&base, "k-1"), breaker_name(&base, "k-2"));
+        assert_ne!(x, y);
+        assert!(crate::BreakerName::new(&x).is_ok() && crate::BreakerName::new(&y).is_ok());
         // A key exactly at the limit is kept whole; one byte more is hashed.
         let room = MAX_NAME_LEN - "t/".len();
         assert_eq!(breaker_name("t", &"y".repeat(room)).len(), MAX_NAME_LEN);

@@ -112,8 +112,8 @@ impl<C: Clone> Registry<C> {
 
     fn make(&self, key: &str) -> Shared<C> {
         let base = &self.base.replica.name;
-        // `breaker_name` only makes valid names; the base name is the
-        // (never taken) fallback.
+        // `breaker_name` only makes valid names (at most MAX_NAME_LEN bytes,
+        // escaped, from a valid base); the base name is a fallback never taken.
         let name =
             BreakerName::new(breaker_name(base.as_str(), key)).unwrap_or_else(|_| base.clone());
         let replica = Replica::new(
