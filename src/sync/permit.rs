@@ -44,26 +44,44 @@ pub(crate) struct ProbePermit {
     generation: u64,
     lease: u64,
     done: bool,
-    /// Granted by the private breaker while the store is unreachable.
-    local: bool,
+    kind: PermitKind,
+}
+
+/// Who granted a probe permit, and so who hears its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PermitKind {
+    /// The store: fleet-wide half-open.
+    Fleet,
+    /// The private breaker of degraded mode (the store is unreachable).
+    Degraded,
+    /// This replica, which tripped on its own outcomes while the fleet stayed
+    /// closed.
+    Own,
 }
 
 impl ProbePermit {
     pub(crate) fn new(replica: Arc<Replica>, generation: u64, lease: u64) -> Self {
+        Self::of(PermitKind::Fleet, replica, generation, lease)
+    }
+
+    /// A permit of the private breaker (degraded mode).
+    pub(crate) fn local(replica: Arc<Replica>, generation: u64, lease: u64) -> Self {
+        Self::of(PermitKind::Degraded, replica, generation, lease)
+    }
+
+    /// This replica's own probe after a trip of its own.
+    pub(crate) fn own(replica: Arc<Replica>, generation: u64) -> Self {
+        Self::of(PermitKind::Own, replica, generation, 0)
+    }
+
+    fn of(kind: PermitKind, replica: Arc<Replica>, generation: u64, lease: u64) -> Self {
         Self {
             replica,
             generation,
             lease,
             done: false,
-            local: false,
+            kind,
         }
-    }
-
-    /// A permit of the private breaker (degraded mode).
-    pub(crate) fn local(replica: Arc<Replica>, generation: u64, lease: u64) -> Self {
-        let mut permit = Self::new(replica, generation, lease);
-        permit.local = true;
-        permit
     }
 
     fn finish(mut self, outcome: Outcome, slow: bool) {
@@ -82,17 +100,19 @@ impl ProbePermit {
 
     /// Reports the result in the background; the caller never waits for it.
     fn send(&self, result: ProbeResult) {
-        if self.local {
-            let r = &self.replica;
-            if let Some(snapshot) =
-                r.degraded
-                    .release(r.policy.params(), self.generation, self.lease, result)
-            {
-                r.apply_local(snapshot);
+        let r = &self.replica;
+        match self.kind {
+            PermitKind::Fleet => release_in_background(r, self.generation, self.lease, result),
+            PermitKind::Degraded => {
+                if let Some(snapshot) =
+                    r.degraded
+                        .release(r.policy.params(), self.generation, self.lease, result)
+                {
+                    r.apply_local(snapshot);
+                }
             }
-            return;
+            PermitKind::Own => r.own_probe_result(self.generation, result),
         }
-        release_in_background(&self.replica, self.generation, self.lease, result);
     }
 }
 

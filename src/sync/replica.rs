@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::machine::break_ms;
 use crate::rand::{instance_id, instance_id as lease_id, rand16};
-use crate::store::{OutcomeBatch, Store};
+use crate::store::{OutcomeBatch, ProbeResult, Store};
 use crate::sync::degraded::{Degraded, StoreFailure};
 use crate::sync::local::{LocalWindow, Pending};
 use crate::sync::permit::{Admission, ProbePermit};
@@ -220,7 +220,7 @@ impl Replica {
             Outcome::Ignore => return,
             Outcome::Success => {
                 c.successes.fetch_add(1, Ordering::Relaxed);
-                if c.run.load(Ordering::Relaxed) != 0 || packed & LOCAL != 0 {
+                if c.run.load(Ordering::Relaxed) != 0 {
                     self.success_after_failure();
                 }
             }
@@ -239,7 +239,7 @@ impl Replica {
         }
     }
 
-    /// A success that ends a run of failures, or the result of a local probe.
+    /// A success that ends a run of failures.
     #[cold]
     fn success_after_failure(&self) {
         let c = &self.counters;
@@ -248,14 +248,25 @@ impl Replica {
             // The fleet's run ends with this success: say so soon.
             self.wake.notify_one();
         }
-        let packed = self.snapshot.load(Ordering::Acquire);
-        let (state, generation) = unpack(packed);
-        if packed & LOCAL != 0 && state == State::HalfOpen {
-            let closed = pack(State::Closed, generation, false);
-            if self.publish_if(packed, closed, Duration::ZERO) {
-                self.local_opens.store(0, Ordering::Relaxed);
-                self.window.clear();
-                tracing::debug!(breaker = %self.name, "local probe succeeded; closed again");
+    }
+
+    /// The result of this replica's own probe (granted under `generation`):
+    /// a success closes it again, a failure re-opens it (with backoff), and a
+    /// cancelled or ignored probe lets the next call probe at once.
+    pub(crate) fn own_probe_result(&self, generation: u64, result: ProbeResult) {
+        let probing = pack(State::HalfOpen, generation, true);
+        match result {
+            ProbeResult::Success => {
+                if self.publish_if(probing, pack(State::Closed, generation, false), Duration::ZERO) {
+                    self.counters.run.store(0, Ordering::Relaxed);
+                    self.local_opens.store(0, Ordering::Relaxed);
+                    self.window.clear();
+                    tracing::debug!(breaker = %self.name, "own probe succeeded; closed again");
+                }
+            }
+            ProbeResult::Failure => self.trip_locally(),
+            ProbeResult::Cancelled => {
+                self.publish_if(probing, pack(State::Open, generation, true), Duration::ZERO);
             }
         }
     }
@@ -268,9 +279,7 @@ impl Replica {
             c.run_started.store(self.now_nanos(), Ordering::Relaxed);
         }
         let p = self.policy.params();
-        let (state, _) = unpack(self.snapshot.load(Ordering::Acquire));
-        let probing_locally = state == State::HalfOpen && self.is_local();
-        if probing_locally || (p.consecutive > 0 && run >= p.consecutive) {
+        if p.consecutive > 0 && run >= p.consecutive {
             self.trip_locally();
         } else {
             self.judge_window();
@@ -628,15 +637,15 @@ impl Replica {
     }
 
     /// Lets one call through as this replica's own probe: other calls are
-    /// rejected until it reports back, or until `probe_lease` if it never does.
-    fn probe_locally(&self, generation: u64) -> Admission {
+    /// rejected until it reports back (or is dropped), or until `probe_lease`
+    /// if it never does.
+    fn probe_locally(self: &Arc<Self>, generation: u64) -> Admission {
         let half_open = pack(State::HalfOpen, generation, true);
-        let _guard = self.write();
-        self.store_pair(half_open, self.policy.probe_lease());
-        Admission::Pass {
-            generation,
-            count: true,
+        {
+            let _guard = self.write();
+            self.store_pair(half_open, self.policy.probe_lease());
         }
+        Admission::Probe(Box::new(ProbePermit::own(self.clone(), generation)))
     }
 
     /// Admission while the store is unreachable, by the chosen [`StoreFailure`].
