@@ -353,3 +353,115 @@ async fn with_a_quorum_of_one_a_trip_anywhere_opens_the_fleet() {
     let open = one_bad_instance(1).await;
     assert!(open.iter().all(|o| *o), "every instance is open: {open:?}");
 }
+
+/// A dependency that fails one call in `every`, at deterministic pseudo-random
+/// places (xorshift), never more than `max_run` times in a row for any one
+/// instance over the test (checked).
+#[derive(Clone)]
+struct Scattered {
+    state: Arc<std::sync::atomic::AtomicU64>,
+    every: u64,
+    run: Arc<std::sync::atomic::AtomicU64>,
+    longest: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Scattered {
+    fn new(seed: u64, every: u64) -> Self {
+        Scattered {
+            state: Arc::new(std::sync::atomic::AtomicU64::new(seed | 1)),
+            every,
+            run: Arc::default(),
+            longest: Arc::default(),
+        }
+    }
+}
+
+impl Service<()> for Scattered {
+    type Response = ();
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<(), std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        let mut x = self.state.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.store(x, Ordering::Relaxed);
+        if x % self.every == 0 {
+            let run = self.run.fetch_add(1, Ordering::Relaxed) + 1;
+            self.longest.fetch_max(run, Ordering::Relaxed);
+            std::future::ready(Err(std::io::Error::other("scattered failure")))
+        } else {
+            self.run.store(0, Ordering::Relaxed);
+            std::future::ready(Ok(()))
+        }
+    }
+}
+
+/// Ten healthy instances whose dependency fails now and then (one call in
+/// `every`), never five times in a row for any instance: no private breaker
+/// would open, and the shared one must not either.
+async fn scattered_failures_keep_the_fleet_closed(every: u64) {
+    let redis = RedisServer::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let mut breakers = Vec::new();
+    let mut deps = Vec::new();
+    for i in 0..INSTANCES {
+        let store = RedisStore::connect(&redis.url()).await.unwrap();
+        let layer =
+            DistributedCircuitBreakerLayer::new("scattered", Policy::default(), store).unwrap();
+        breakers.push(layer.breaker());
+        let dep = Scattered::new(0x9E37_79B9_7F4A_7C15 ^ (i as u64 * 7919 + 1), every);
+        deps.push(dep.clone());
+        let svc = layer.layer(dep);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(CALL_EVERY * i as u32 / INSTANCES as u32).await;
+            let mut tick = tokio::time::interval(CALL_EVERY);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let _ = ServiceExt::<()>::oneshot(svc.clone(), ()).await;
+            }
+        }));
+    }
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        for b in &breakers {
+            assert_eq!(
+                b.snapshot().state,
+                State::Closed,
+                "one call in {every} failing opened the fleet"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let longest = deps
+        .iter()
+        .map(|d| d.longest.load(Ordering::Relaxed))
+        .max()
+        .unwrap();
+    assert!(longest < 5, "the pattern itself held a run of {longest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_failures_at_5_percent_keep_a_healthy_fleet_closed() {
+    scattered_failures_keep_the_fleet_closed(20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_failures_at_10_percent_keep_a_healthy_fleet_closed() {
+    scattered_failures_keep_the_fleet_closed(10).await;
+}

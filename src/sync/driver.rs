@@ -137,7 +137,7 @@ async fn run(weak: Weak<Replica>) {
                 }
             }
             Wake::Flush => {
-                if !replica.trip_pending() {
+                if !replica.urgent() {
                     let gap = FIRST_GAP
                         .saturating_mul(1 << early_flushes.min(16))
                         .min(max_gap);
@@ -179,7 +179,7 @@ async fn run(weak: Weak<Replica>) {
     }
 }
 
-/// Waits until `until`, or less if a local trip needs reporting.
+/// Waits until `until`, or less if something must be reported at once.
 async fn wait_unless_tripped(replica: &Replica, wake: &tokio::sync::Notify, until: Instant) {
     if until <= Instant::now() {
         return;
@@ -190,7 +190,7 @@ async fn wait_unless_tripped(replica: &Replica, wake: &tokio::sync::Notify, unti
         tokio::select! {
             () = &mut sleep => return,
             () = wake.notified() => {
-                if replica.trip_pending() {
+                if replica.urgent() {
                     return;
                 }
             }

@@ -24,6 +24,10 @@ use crate::sync::local::{LocalWindow, Pending};
 use crate::sync::permit::{Admission, ProbePermit};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
 
+/// Failures in a row a replica must see before its run counts toward the
+/// fleet's run (at most the policy's threshold).
+const CORROBORATION: u32 = 2;
+
 /// Low bits of the packed snapshot: the state code, then the local flag.
 const STATE_BITS: u32 = 3;
 const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
@@ -55,6 +59,8 @@ struct Counters {
     /// since the replica's epoch): the store merges runs by these times.
     run_started: AtomicU64,
     run_broken: AtomicU64,
+    /// How much of the current run the fleet's run already counted.
+    counted: AtomicU32,
     /// When the last batch was taken.
     taken: AtomicU64,
 }
@@ -79,6 +85,8 @@ pub(crate) struct Replica {
     local_opens: AtomicU32,
     /// A local trip waits to be reported to the store.
     trip_pending: AtomicBool,
+    /// A success ended a run the fleet's run counted: report it at once.
+    break_pending: AtomicBool,
     /// This replica's id in the store's quorum counts.
     instance: u64,
     /// Wakes calls waiting for the first answer of the store.
@@ -115,6 +123,7 @@ impl Replica {
             window: LocalWindow::default(),
             local_opens: AtomicU32::new(0),
             trip_pending: AtomicBool::new(false),
+            break_pending: AtomicBool::new(false),
             instance: instance_id(),
             synced: Notify::new(),
             changed: Notify::new(),
@@ -245,7 +254,10 @@ impl Replica {
         let c = &self.counters;
         if c.run.swap(0, Ordering::Relaxed) != 0 {
             c.run_broken.store(self.now_nanos(), Ordering::Relaxed);
-            // The fleet's run ends with this success: say so soon.
+            if c.counted.swap(0, Ordering::Relaxed) != 0 {
+                // The fleet's run counted this run: say at once that it ended.
+                self.break_pending.store(true, Ordering::Release);
+            }
             self.wake.notify_one();
         }
     }
@@ -257,8 +269,13 @@ impl Replica {
         let probing = pack(State::HalfOpen, generation, true);
         match result {
             ProbeResult::Success => {
-                if self.publish_if(probing, pack(State::Closed, generation, false), Duration::ZERO) {
+                if self.publish_if(
+                    probing,
+                    pack(State::Closed, generation, false),
+                    Duration::ZERO,
+                ) {
                     self.counters.run.store(0, Ordering::Relaxed);
+                    self.counters.counted.store(0, Ordering::Relaxed);
                     self.local_opens.store(0, Ordering::Relaxed);
                     self.window.clear();
                     tracing::debug!(breaker = %self.name, "own probe succeeded; closed again");
@@ -321,6 +338,7 @@ impl Replica {
             return; // the state moved meanwhile; whoever moved it decided
         }
         self.counters.run.store(0, Ordering::Relaxed);
+        self.counters.counted.store(0, Ordering::Relaxed);
         self.window.clear();
         self.trip_pending.store(true, Ordering::Release);
         self.wake.notify_one();
@@ -340,9 +358,11 @@ impl Replica {
             || self.trip_pending.load(Ordering::Relaxed)
     }
 
-    /// Whether a local trip waits to be reported.
-    pub(crate) fn trip_pending(&self) -> bool {
-        self.trip_pending.load(Ordering::Relaxed)
+    /// Whether something waits to be reported at once, without the gap
+    /// between early flushes: a local trip, or the end of a run the fleet's
+    /// run counted.
+    pub(crate) fn urgent(&self) -> bool {
+        self.trip_pending.load(Ordering::Relaxed) || self.break_pending.load(Ordering::Relaxed)
     }
 
     /// Takes the counted outcomes as a batch for the current generation, folds
@@ -353,14 +373,35 @@ impl Replica {
         let c = &self.counters;
         let now = self.now_nanos();
         let previous = c.taken.swap(now, Ordering::Relaxed);
+        self.break_pending.store(false, Ordering::Relaxed);
         let successes = c.successes.swap(0, Ordering::Relaxed);
         let failures = c.failures.swap(0, Ordering::Relaxed);
         let slow = c.slow.swap(0, Ordering::Relaxed);
-        let trailing_failures = c.run.load(Ordering::Relaxed).min(failures);
+        // This replica's run joins the fleet's run only once it holds
+        // `CORROBORATION` failures in a row (then whole, earlier batches'
+        // failures included): one failure between successes is what any
+        // healthy dependency shows now and then, and single failures from
+        // many instances must not add up to a fleet-wide "run" whose
+        // interleaved successes the store never heard of.
+        let run = c.run.load(Ordering::Relaxed);
+        let counted = c.counted.load(Ordering::Relaxed).min(run);
+        let needed = CORROBORATION.min(self.policy.params().consecutive.max(1));
+        let trailing_failures = if run >= needed {
+            c.counted.store(run, Ordering::Relaxed);
+            run - counted
+        } else {
+            0
+        };
         // Every success of the batch came after the previous batch; the last
         // one came after the success that last broke a run, if that is later.
         let success_at = previous.max(c.run_broken.load(Ordering::Relaxed));
-        let run_at = previous.max(c.run_started.load(Ordering::Relaxed));
+        // The uncounted part of the run starts where the run does, or (if
+        // part of it was counted before) after the previous batch.
+        let run_at = if counted == 0 {
+            c.run_started.load(Ordering::Relaxed)
+        } else {
+            previous
+        };
         let age = |at: u64| now.saturating_sub(at) / 1_000_000;
         let p = self.policy.params();
         // The batch's calls happened since the previous one: count them at
@@ -399,6 +440,7 @@ impl Replica {
         c.failures.store(0, Ordering::Relaxed);
         c.slow.store(0, Ordering::Relaxed);
         c.run.store(0, Ordering::Relaxed);
+        c.counted.store(0, Ordering::Relaxed);
         self.trip_pending.store(false, Ordering::Relaxed);
         self.local_opens.store(0, Ordering::Relaxed);
         self.window.clear();
