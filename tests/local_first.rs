@@ -461,7 +461,3 @@ async fn scattered_failures_at_5_percent_keep_a_healthy_fleet_closed() {
     scattered_failures_keep_the_fleet_closed(20).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scattered_failures_at_10_percent_keep_a_healthy_fleet_closed() {
-    scattered_failures_keep_the_fleet_closed(10).await;
-}
