@@ -27,6 +27,11 @@ const WARM_UP: Duration = Duration::from_millis(1_500);
 
 type Svc = DistributedCircuitBreaker<Dependency, ErrorsAsFailures>;
 
+/// The fleet tests run one at a time: ten instances at 100 calls/s each are
+/// what they measure, and two such fleets on two cores would measure the
+/// machine instead.
+static FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Instance {
     svc: Svc,
     breaker: Breaker,
@@ -80,6 +85,7 @@ fn traffic(instances: &[Instance], stop: &Arc<AtomicBool>) -> Vec<tokio::task::J
 /// Runs the fleet scenario and returns the failed calls that reached the
 /// dependency before every instance was open.
 async fn failures_before_all_open(warm_up: Duration) -> usize {
+    let _one_at_a_time = FLEET.lock().await;
     let redis = RedisServer::start();
     let dependencies: Vec<Dependency> = (0..INSTANCES).map(|_| Dependency::new()).collect();
     let mut fleet = Vec::new();
@@ -315,6 +321,7 @@ async fn a_keyed_breaker_recreated_after_eviction_remembers_the_fleet() {
 /// Nine healthy instances and one whose own calls all fail (its own network
 /// path is broken).
 async fn one_bad_instance(quorum: u32) -> Vec<bool> {
+    let _one_at_a_time = FLEET.lock().await;
     let redis = RedisServer::start();
     let policy = Policy::builder().fleet_quorum(quorum).build().unwrap();
     let dependencies: Vec<Dependency> = (0..INSTANCES).map(|_| Dependency::new()).collect();
@@ -409,6 +416,7 @@ impl Service<()> for Scattered {
 /// `every`), never five times in a row for any instance: no private breaker
 /// would open, and the shared one must not either.
 async fn scattered_failures_keep_the_fleet_closed(every: u64) {
+    let _one_at_a_time = FLEET.lock().await;
     let redis = RedisServer::start();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
