@@ -32,6 +32,30 @@ impl Service<u64> for Plain {
     }
 }
 
+/// recloser wrapped as a tower service, the way a user would wrap it.
+#[derive(Clone)]
+struct RecloserService<S> {
+    inner: S,
+    recloser: recloser::AsyncRecloser,
+}
+
+impl<S> Service<u64> for RecloserService<S>
+where
+    S: Service<u64, Error = Infallible>,
+{
+    type Response = S::Response;
+    type Error = recloser::Error<Infallible>;
+    type Future = recloser::RecloserFuture<S::Future, recloser::AnyError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(recloser::Error::Inner)
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        self.recloser.call(self.inner.call(request))
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -113,6 +137,14 @@ fn overhead(c: &mut Criterion) {
             }
         })
     });
+
+    // recloser behind the same tower interface as ours (`poll_ready`, then
+    // `call` returning a 'static future): like for like.
+    let wrapped = RecloserService {
+        inner: Plain,
+        recloser: recloser::AsyncRecloser::from(recloser::Recloser::default()),
+    };
+    bench_service(&mut group, &rt, "recloser (tower service)", wrapped);
 
     let failsafe = failsafe::Config::new().build();
     group.bench_function("failsafe", |b| {
