@@ -301,6 +301,15 @@ async fn a_keyed_breaker_recreated_after_eviction_remembers_the_fleet() {
     let acme = layer.breaker("acme").unwrap();
     assert!(acme.sync().await);
     assert_eq!(acme.snapshot().state, State::Open);
+    // The trip reached the store (not only this replica's own view).
+    let opened = Instant::now();
+    while redis.cli(&["HGET", "dcb:{tenants/acme}", "st"]) != "1" {
+        assert!(
+            opened.elapsed() < Duration::from_secs(2),
+            "the trip never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let failed = dependency.failures();
     // Two other tenants push "acme" out of the registry of two.
     dependency.set_down(false);
@@ -468,4 +477,3 @@ async fn scattered_failures_keep_the_fleet_closed(every: u64) {
 async fn scattered_failures_at_5_percent_keep_a_healthy_fleet_closed() {
     scattered_failures_keep_the_fleet_closed(20).await;
 }
-

@@ -64,6 +64,8 @@ async fn trip(instance: &Instance, dependency: &Dependency) {
     }
     assert!(instance.breaker.sync().await);
     assert_eq!(instance.state(), State::Open);
+    // The local trip's report may still be on its way to the store.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     dependency.set_down(false);
 }
 

@@ -85,7 +85,8 @@ pub(crate) struct Replica {
     local_opens: AtomicU32,
     /// A local trip waits to be reported to the store.
     trip_pending: AtomicBool,
-    /// A success ended a run the fleet's run counted: report it at once.
+    /// The fleet's run changed here (a run of this replica joined it, or a
+    /// success ended a run it counted): report it at once.
     break_pending: AtomicBool,
     /// This replica's id in the store's quorum counts.
     instance: u64,
@@ -301,6 +302,10 @@ impl Replica {
         } else {
             self.judge_window();
         }
+        if run == CORROBORATION.min(p.consecutive.max(1)) {
+            // The run now joins the fleet's run: report it without the gap.
+            self.break_pending.store(true, Ordering::Release);
+        }
         self.wake.notify_one();
     }
 
@@ -359,8 +364,8 @@ impl Replica {
     }
 
     /// Whether something waits to be reported at once, without the gap
-    /// between early flushes: a local trip, or the end of a run the fleet's
-    /// run counted.
+    /// between early flushes: a local trip, a run that joins the fleet's
+    /// run, or the end of a run the fleet's run counted.
     pub(crate) fn urgent(&self) -> bool {
         self.trip_pending.load(Ordering::Relaxed) || self.break_pending.load(Ordering::Relaxed)
     }
