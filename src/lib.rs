@@ -97,6 +97,9 @@ mod replica;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
 mod service;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub mod sim;
 mod state;
 pub mod store;
 #[cfg(feature = "tower-http")]
