@@ -222,6 +222,7 @@ impl World {
 
     /// The store opened generation `generation` on a batch (invariant 7).
     pub fn tripped(&mut self, s: &Scenario, now: u64, generation: u64) {
+        self.stats.trips += 1;
         let window = ms(s.policy.window()) + 2_000;
         let earned = self
             .failures
@@ -301,7 +302,11 @@ impl World {
                     orphan.get_or_insert((lease, ask.instance, done));
                     false
                 }
-                Some(_) => !ask.released,
+                Some(_) if ask.released => {
+                    self.stats.permits_returned += 1;
+                    false
+                }
+                Some(_) => true,
                 None => now < ask.asked + 10_000,
             }
         });

@@ -55,6 +55,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use run::{run, Outcome};
+use world::Stats;
 
 /// Seeds the default run tries.
 const DEFAULT_SEEDS: u64 = 300;
@@ -78,7 +79,7 @@ fn report(seed: u64, outcome: &Outcome) -> String {
 fn search(seeds: Vec<u64>) -> Vec<(u64, Outcome)> {
     let next = AtomicU64::new(0);
     let failed = Mutex::new(Vec::new());
-    let stats = Mutex::new((0u64, 0u64, 0usize));
+    let stats = Mutex::new(Stats::default());
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -88,20 +89,14 @@ fn search(seeds: Vec<u64>) -> Vec<(u64, Outcome)> {
                     return;
                 };
                 let outcome = run(seed);
-                {
-                    let mut s = stats.lock().unwrap();
-                    s.0 += outcome.stats.calls;
-                    s.1 += outcome.stats.probes;
-                    s.2 = s.2.max(outcome.stats.episodes.iter().copied().max().unwrap_or(0));
-                }
+                stats.lock().unwrap().add(&outcome.stats);
                 if outcome.violation.is_some() {
                     failed.lock().unwrap().push((seed, outcome));
                 }
             });
         }
     });
-    let (calls, probes, worst) = *stats.lock().unwrap();
-    println!("{} seeds: {calls} calls, {probes} fleet probes, worst outage {worst} failed calls before all open", seeds.len());
+    println!("{} seeds: {}", seeds.len(), stats.lock().unwrap());
     let mut failed = failed.into_inner().unwrap();
     failed.sort_by_key(|(seed, _)| *seed);
     failed

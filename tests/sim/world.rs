@@ -112,6 +112,9 @@ pub struct Stats {
     pub episodes: Vec<usize>,
     pub wedge_checks: u64,
     pub max_probes: usize,
+    pub trips: u64,
+    pub permits_returned: u64,
+    pub failovers: u64,
 }
 
 impl Sim {
@@ -208,5 +211,37 @@ impl World {
     pub fn disturb(&mut self, until: u64) {
         self.calm_since = self.calm_since.max(until);
         self.episode = None;
+    }
+}
+
+impl Stats {
+    /// Adds another run's counts (the episodes' worst case is kept).
+    pub fn add(&mut self, other: &Stats) {
+        self.calls += other.calls;
+        self.probes += other.probes;
+        let worst = other.episodes.iter().chain(&self.episodes).max().copied();
+        self.episodes = worst.into_iter().collect();
+        self.wedge_checks += other.wedge_checks;
+        self.max_probes = self.max_probes.max(other.max_probes);
+        self.trips += other.trips;
+        self.permits_returned += other.permits_returned;
+        self.failovers += other.failovers;
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} calls, {} fleet probes (at most {} at once), {} trips, {} permits returned, {} failovers, {} wedge checks, worst outage {:?} failed calls before all open",
+            self.calls,
+            self.probes,
+            self.max_probes,
+            self.trips,
+            self.permits_returned,
+            self.failovers,
+            self.wedge_checks,
+            self.episodes.first(),
+        )
     }
 }
