@@ -23,6 +23,11 @@
 //!    any answer, within the window).
 //! 8. **Newcomers are never blind**: an instance that is not degraded admits
 //!    a call before its first answer only after waiting `store_timeout`.
+//! 9. **Views follow the store**: once the store and the network are calm
+//!    and the store's generation has not changed for [`Scenario::agreement_bound`],
+//!    every instance that is not degraded and has lived that long holds the
+//!    store's generation
+//!    (its state may differ only by its own local trip).
 
 use distributed_circuit_breaker::State;
 
@@ -264,6 +269,35 @@ impl World {
         self.check_episode(s, now);
         self.check_asks(now);
         self.check_wedge(s, now, store);
+        self.check_agreement(s, now, store);
+    }
+
+    fn check_agreement(&mut self, s: &Scenario, now: u64, store: Option<View>) {
+        let Some((_, generation)) = store else {
+            return;
+        };
+        let bound = s.agreement_bound();
+        let since = self.calm_since.max(self.store_changed);
+        if !self.store_calm(now) || now < since + bound {
+            return;
+        }
+        self.stats.agreement_checks += 1;
+        let behind = self.members.iter().find_map(|(i, m)| {
+            let ((state, held), degraded) = World::view(m);
+            let settled = !degraded && now >= m.born + bound;
+            (settled && held != generation).then_some((*i, state, held))
+        });
+        if let Some((i, state, held)) = behind {
+            self.violate(
+                now,
+                format!(
+                    "i{i} holds {state}@{} while the store has held generation {} for {}ms",
+                    held % 100_000,
+                    generation % 100_000,
+                    now - since
+                ),
+            );
+        }
     }
 
     fn check_episode(&mut self, s: &Scenario, now: u64) {

@@ -319,6 +319,9 @@ async fn apply(sim: &Sim, instance: usize, call: Call) -> Result<Reply, StoreErr
     };
     let mut w = sim.world();
     sim.checkpoint(&mut w);
+    if before.map(|v| v.1) != Some(after.1) {
+        w.store_changed = now;
+    }
     let granted = match (&reply, call) {
         (Reply::Acquired(a), Call::Acquire(lease)) if a.lease.is_some() => {
             w.granted(now, lease, a.snapshot.generation);

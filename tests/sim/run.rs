@@ -155,6 +155,7 @@ fn failover(sim: &Sim, k: usize) {
         };
         sim.store.restore(back);
         w.epoch += 1;
+        w.store_changed = now;
         w.stats.failovers += 1;
         w.disturb(now);
         w.rng.chance(50)

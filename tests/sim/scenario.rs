@@ -12,6 +12,8 @@ const CHAOS_END: u64 = 10_000;
 /// The driver's longest backoff from an unreachable store, in sync intervals
 /// (`MAX_RETRY_TICKS` in `src/driver.rs`).
 const MAX_RETRY_TICKS: u64 = 8;
+/// An idle closed breaker re-reads every this many ticks (`src/driver.rs`).
+const IDLE_REFRESH_TICKS: u64 = 10;
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -146,6 +148,15 @@ impl Scenario {
         let probe = self.call_gap.1 + self.latency.1 + 2 * timeout + 10;
         let probes = u64::from(p.successes_to_close()) * probe;
         reconnect + ms(p.max_break_duration()) + ms(p.probe_lease()) + probes + 3 * sync
+    }
+
+    /// How long a calm store's generation may go unnoticed by an instance
+    /// (milliseconds): an idle closed instance re-reads every tenth sync
+    /// interval (`IDLE_REFRESH_TICKS` in `src/driver.rs`), plus one interval
+    /// and one store timeout for the read itself.
+    pub fn agreement_bound(&self) -> u64 {
+        let p = &self.policy;
+        (IDLE_REFRESH_TICKS + 2) * ms(p.sync_interval()) + ms(p.store_timeout()) + 10
     }
 
     pub fn permits(&self) -> usize {

@@ -50,6 +50,8 @@ pub struct World {
     pub calm_since: u64,
     /// Bumped by every failover: a generation means something only within one.
     pub epoch: u64,
+    /// When the store's generation last changed (or went back).
+    pub store_changed: u64,
     pub checkpoints: VecDeque<Checkpoint>,
     /// Probe-permit requests, by lease id.
     pub asks: BTreeMap<u64, Ask>,
@@ -111,6 +113,7 @@ pub struct Stats {
     pub probes: u64,
     pub episodes: Vec<usize>,
     pub wedge_checks: u64,
+    pub agreement_checks: u64,
     pub max_probes: usize,
     pub trips: u64,
     pub permits_returned: u64,
@@ -142,6 +145,7 @@ impl Sim {
                 partitioned: BTreeMap::new(),
                 calm_since: 0,
                 epoch: 0,
+                store_changed: 0,
                 checkpoints: VecDeque::new(),
                 asks: BTreeMap::new(),
                 episode: None,
@@ -222,6 +226,7 @@ impl Stats {
         let worst = other.episodes.iter().chain(&self.episodes).max().copied();
         self.episodes = worst.into_iter().collect();
         self.wedge_checks += other.wedge_checks;
+        self.agreement_checks += other.agreement_checks;
         self.max_probes = self.max_probes.max(other.max_probes);
         self.trips += other.trips;
         self.permits_returned += other.permits_returned;
@@ -233,7 +238,7 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} calls, {} fleet probes (at most {} at once), {} trips, {} permits returned, {} failovers, {} wedge checks, worst outage {:?} failed calls before all open",
+            "{} calls, {} fleet probes (at most {} at once), {} trips, {} permits returned, {} failovers, {} wedge and {} agreement checks, worst outage {:?} failed calls before all open",
             self.calls,
             self.probes,
             self.max_probes,
@@ -241,6 +246,7 @@ impl std::fmt::Display for Stats {
             self.permits_returned,
             self.failovers,
             self.wedge_checks,
+            self.agreement_checks,
             self.episodes.first(),
         )
     }
