@@ -62,10 +62,14 @@ pub fn join(sim: &Arc<Sim>, eager: bool) {
 }
 
 /// The `n`-th live instance (modulo the fleet's size) crashes: its clients
-/// stop and every handle to its breaker goes.
-pub fn crash(sim: &Sim, n: usize) {
+/// stop and every handle to its breaker goes. The last one crashes only at
+/// the end (`last`).
+pub fn crash(sim: &Sim, n: usize, last: bool) {
     let member = {
         let mut w = sim.world();
+        if w.members.len() == 1 && !last {
+            return;
+        }
         w.episode = None;
         let Some(&instance) = w.members.keys().nth(n % w.members.len().max(1)) else {
             return;

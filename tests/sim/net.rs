@@ -318,8 +318,9 @@ async fn apply(sim: &Sim, instance: usize, call: Call) -> Result<Reply, StoreErr
         Reply::Acquired(a) => (a.snapshot.state, a.snapshot.generation),
     };
     let mut w = sim.world();
-    sim.checkpoint(&mut w);
-    if before.map(|v| v.1) != Some(after.1) {
+    let transition = before.map(|v| v.1) != Some(after.1);
+    sim.checkpoint(&mut w, transition);
+    if transition {
         w.store_changed = now;
     }
     let granted = match (&reply, call) {

@@ -10,7 +10,7 @@ use distributed_circuit_breaker::sim::seed_thread_rng;
 
 use crate::fleet;
 use crate::net;
-use crate::scenario::{Action, Scenario, Step};
+use crate::scenario::{Action, Lost, Scenario, Step};
 use crate::trace::Event;
 use crate::world::{Sim, Stats};
 
@@ -34,7 +34,8 @@ thread_local! {
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-pub fn run(seed: u64) -> Outcome {
+/// Runs `seed`; the outcome keeps the last `tail` events of the trace.
+pub fn run(seed: u64, tail: usize) -> Outcome {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
@@ -52,10 +53,10 @@ pub fn run(seed: u64) -> Outcome {
     builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
     let runtime = builder.build().expect("a runtime");
     seed_thread_rng(seed);
-    runtime.block_on(world(seed))
+    runtime.block_on(world(seed, tail))
 }
 
-async fn world(seed: u64) -> Outcome {
+async fn world(seed: u64, tail: usize) -> Outcome {
     let scenario = Scenario::new(seed);
     let sim = Arc::new(Sim::new(seed, scenario));
     let s = &sim.scenario;
@@ -92,7 +93,7 @@ async fn world(seed: u64) -> Outcome {
         violation: w.violation.clone(),
         fingerprint: w.trace.fingerprint(),
         events: w.trace.len(),
-        tail: w.trace.tail(TAIL),
+        tail: w.trace.tail(tail),
         stats: w.stats.clone(),
     }
 }
@@ -124,7 +125,7 @@ fn play(sim: &Arc<Sim>, step: &Step) {
             w.paused_until = w.paused_until.max(now + len);
             w.disturb(now + len);
         }
-        Action::Failover(k) => failover(sim, k),
+        Action::Failover(lost) => failover(sim, lost),
         Action::Partition(n, len) => {
             if let Some(instance) = fleet::nth(sim, n) {
                 let mut w = sim.world();
@@ -132,25 +133,35 @@ fn play(sim: &Arc<Sim>, step: &Step) {
                 w.disturb(now + len);
             }
         }
-        Action::Crash(n) => fleet::crash(sim, n),
+        Action::Crash(n) => fleet::crash(sim, n, false),
         Action::Join { eager } => fleet::join(sim, eager),
     }
 }
 
-/// The store goes back `k` writes; half the time its clients notice (a
-/// reconnected subscription says resync), half the time they do not.
-fn failover(sim: &Sim, k: usize) {
+/// The store goes back to a copy that lost its last writes; half the time
+/// its clients notice (a reconnected subscription says resync), half the
+/// time they do not.
+fn failover(sim: &Sim, lost: Lost) {
     let now = sim.now();
     let from = sim.store_view();
     let notify = {
         let mut w = sim.world();
-        let len = w.checkpoints.len();
-        if len == 0 {
-            return;
-        }
-        let keep = len - k.min(len - 1);
-        w.checkpoints.truncate(keep);
-        let Some(back) = w.checkpoints.back().cloned() else {
+        let back = match lost {
+            Lost::Writes(k) => {
+                let keep = w.checkpoints.len().saturating_sub(k).max(1);
+                w.checkpoints.truncate(keep);
+                w.checkpoints.back().cloned()
+            }
+            Lost::Transitions(k) => {
+                let keep = w.transitions.len().saturating_sub(k - 1);
+                w.transitions.truncate(keep);
+                let back = w.transitions.pop_back();
+                w.checkpoints.clear();
+                w.checkpoints.extend(back.clone());
+                back
+            }
+        };
+        let Some(back) = back else {
             return;
         };
         sim.store.restore(back);
@@ -200,7 +211,7 @@ async fn teardown(sim: &Arc<Sim>) {
         if !any {
             break;
         }
-        fleet::crash(sim, 0);
+        fleet::crash(sim, 0, true);
     }
     let s = &sim.scenario;
     let p = &s.policy;

@@ -46,14 +46,24 @@ pub enum Action {
     /// The store answers nothing for this many milliseconds, then everything
     /// queued at once.
     Pause(u64),
-    /// The store fails over to a copy that lost the last `k` writes.
-    Failover(usize),
+    /// The store fails over to a copy that lost its last writes.
+    Failover(Lost),
     /// The `n`-th live instance cannot reach the store for this long.
     Partition(usize, u64),
     /// The `n`-th live instance crashes.
     Crash(usize),
     /// A new instance joins; an eager one calls at once.
     Join { eager: bool },
+}
+
+/// What a failover loses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lost {
+    /// The last `k` writes (often none that changed the generation).
+    Writes(usize),
+    /// Everything since just before the `k`-th last change of generation:
+    /// generations go back.
+    Transitions(usize),
 }
 
 /// Chances (percent) of each fault, per request, reply or announcement.
@@ -195,8 +205,12 @@ fn timeline(rng: &mut Rng, s: &Scenario) -> Vec<Step> {
     }
     if rng.chance(60) {
         for _ in 0..rng.range(1, 3) {
-            let k = rng.range(1, 8) as usize;
-            push(at(rng), Action::Failover(k));
+            let lost = if rng.chance(30) {
+                Lost::Writes(rng.range(1, 8) as usize)
+            } else {
+                Lost::Transitions(rng.range(1, 3) as usize)
+            };
+            push(at(rng), Action::Failover(lost));
         }
     }
     for _ in 0..rng.range(0, 2) {

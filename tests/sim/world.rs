@@ -53,6 +53,8 @@ pub struct World {
     /// When the store's generation last changed (or went back).
     pub store_changed: u64,
     pub checkpoints: VecDeque<Checkpoint>,
+    /// The store just before each of its last changes of generation.
+    pub transitions: VecDeque<Checkpoint>,
     /// Probe-permit requests, by lease id.
     pub asks: BTreeMap<u64, Ask>,
     /// The dependency's current outage, while the fleet is expected to trip
@@ -147,6 +149,7 @@ impl Sim {
                 epoch: 0,
                 store_changed: 0,
                 checkpoints: VecDeque::new(),
+                transitions: VecDeque::new(),
                 asks: BTreeMap::new(),
                 episode: None,
                 stats: Stats::default(),
@@ -174,8 +177,17 @@ impl Sim {
         Some((b.snapshot.state, b.snapshot.generation))
     }
 
-    /// Keeps the store as it is now, for a failover to go back to.
-    pub fn checkpoint(&self, world: &mut World) {
+    /// Keeps the store as it is after a write, for a failover to go back
+    /// to; `transition` if the write changed the generation.
+    pub fn checkpoint(&self, world: &mut World, transition: bool) {
+        if transition {
+            if let Some(before) = world.checkpoints.back().cloned() {
+                if world.transitions.len() == CHECKPOINTS {
+                    world.transitions.pop_front();
+                }
+                world.transitions.push_back(before);
+            }
+        }
         if world.checkpoints.len() == CHECKPOINTS {
             world.checkpoints.pop_front();
         }
