@@ -236,7 +236,7 @@ impl World {
         if !earned {
             self.violate(
                 now,
-                format!("the store opened generation {generation} without a failure observed under it"),
+                format!("the store opened generation {} without a failure observed under it", generation % 100_000),
             );
         }
     }
