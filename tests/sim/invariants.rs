@@ -13,9 +13,10 @@
 //! 4. **Books balance**: a call that passed got the dependency's success, a
 //!    failed call its failure, a rejected call never reached it; no call
 //!    waits longer than `store_timeout` plus the dependency's latency.
-//! 5. **Outages are cut short**: when the dependency fails a calm fleet at a
-//!    quorum of one, at most `threshold + clients` calls admitted by a closed
-//!    view fail before every instance is open.
+//! 5. **Outages are cut short**: when the dependency fails a fleet that is
+//!    calm, closed and agrees with the store, at a quorum of one, at most
+//!    `threshold + instances` calls admitted by a closed view fail before
+//!    every instance is open (the README's promise).
 //! 6. **Bounded**: the store never holds more leases than permits, nor more
 //!    instances than the quorum lists keep; no task outlives the fleet.
 //! 7. **Trips are earned**: the store opens a closed generation only after
@@ -251,10 +252,13 @@ impl World {
         }
     }
 
-    /// The dependency went down: if the fleet is calm and closed, it must
-    /// open within the bound (invariant 5).
-    pub fn outage(&mut self, s: &Scenario, now: u64) {
-        let closed = self.members.values().all(World::closed);
+    /// The dependency went down: if the store is calm and every instance
+    /// closed under the store's generation, the fleet must open within the
+    /// bound (invariant 5).
+    pub fn outage(&mut self, s: &Scenario, now: u64, store: Option<View>) {
+        let closed = self.members.values().all(|m| {
+            World::closed(m) && Some(World::view(m).0 .1) == store.map(|v| v.1)
+        });
         if s.policy.fleet_quorum() == 1 && self.store_calm(now) && closed {
             self.episode = Some(Episode {
                 start: now,
@@ -313,7 +317,7 @@ impl World {
             return;
         }
         let failures = episode.failures;
-        let bound = s.threshold as usize + episode.members.len() * s.clients;
+        let bound = s.threshold as usize + episode.members.len();
         let start = episode.start;
         self.episode = None;
         self.stats.episodes.push(failures);

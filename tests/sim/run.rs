@@ -104,13 +104,14 @@ fn play(sim: &Arc<Sim>, step: &Step) {
     sim.log(Event::Step(step.action));
     match step.action {
         Action::Dependency(healthy) => {
+            let store = sim.store_view();
             let mut w = sim.world();
             w.healthy = healthy;
             if healthy {
                 w.healthy_since = now;
                 w.episode = None;
             } else {
-                w.outage(&sim.scenario, now);
+                w.outage(&sim.scenario, now, store);
             }
         }
         Action::Chaos(faults) => {

@@ -131,7 +131,7 @@ impl Scenario {
             policy,
             mode,
             threshold,
-            instances: rng.range(2, 6) as usize,
+            instances: rng.range(2, 8) as usize,
             clients: rng.range(1, 2) as usize,
             call_gap: (rng.range(2, 10), rng.range(20, 100)),
             latency,
