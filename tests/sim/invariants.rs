@@ -68,7 +68,9 @@ impl World {
             Some(m) => (m.pending_probe.take(), m.born),
             None => (None, 0),
         };
-        let probe = lease.and_then(|l| self.asks.get(&l)).and_then(|a| a.granted);
+        let probe = lease
+            .and_then(|l| self.asks.get(&l))
+            .and_then(|a| a.granted);
         self.trace.push(
             now,
             Event::Called {
@@ -94,7 +96,11 @@ impl World {
             if n > s.permits() {
                 self.violate(
                     now,
-                    format!("{n} fleet probes in flight under generation {} (permits: {})", key.1, s.permits()),
+                    format!(
+                        "{n} fleet probes in flight under generation {} (permits: {})",
+                        key.1,
+                        s.permits()
+                    ),
                 );
             }
         }
@@ -119,8 +125,12 @@ impl World {
             return;
         };
         reached.answer = ok;
-        let (probe, lease, generation, closed) =
-            (reached.probe, reached.lease, reached.generation, reached.closed);
+        let (probe, lease, generation, closed) = (
+            reached.probe,
+            reached.lease,
+            reached.generation,
+            reached.closed,
+        );
         if let Some(key) = probe {
             if let Some(n) = self.probes.get_mut(&key) {
                 *n -= 1;
@@ -176,7 +186,10 @@ impl World {
         if result != CallResult::Cancelled && now - book.started > limit {
             self.violate(
                 now,
-                format!("call #{call} took {}ms (limit {limit}ms)", now - book.started),
+                format!(
+                    "call #{call} took {}ms (limit {limit}ms)",
+                    now - book.started
+                ),
             );
         }
     }
@@ -237,7 +250,10 @@ impl World {
         if !earned {
             self.violate(
                 now,
-                format!("the store opened generation {} without a failure observed under it", generation % 100_000),
+                format!(
+                    "the store opened generation {} without a failure observed under it",
+                    generation % 100_000
+                ),
             );
         }
     }
@@ -256,9 +272,10 @@ impl World {
     /// closed under the store's generation, the fleet must open within the
     /// bound (invariant 5).
     pub fn outage(&mut self, s: &Scenario, now: u64, store: Option<View>) {
-        let closed = self.members.values().all(|m| {
-            World::closed(m) && Some(World::view(m).0 .1) == store.map(|v| v.1)
-        });
+        let closed = self
+            .members
+            .values()
+            .all(|m| World::closed(m) && Some(World::view(m).0 .1) == store.map(|v| v.1));
         if s.policy.fleet_quorum() == 1 && self.store_calm(now) && closed {
             self.episode = Some(Episode {
                 start: now,
@@ -351,7 +368,10 @@ impl World {
         if let Some((lease, instance, done)) = orphan {
             self.violate(
                 now,
-                format!("i{instance} never returned the permit of lease {} (done with it at {done}ms)", lease % 10_000),
+                format!(
+                    "i{instance} never returned the permit of lease {} (done with it at {done}ms)",
+                    lease % 10_000
+                ),
             );
         }
     }

@@ -69,8 +69,10 @@ fn env(name: &str) -> Option<u64> {
 
 fn report(seed: u64, outcome: &Outcome) -> String {
     format!(
-        "seed {seed}: {}\nreproduce: SIM_SEED={seed} cargo test --all-features --test sim -- --nocapture replay\nlast events:\n{}",
+        "seed {seed}: {}\n{}\nreproduce: SIM_SEED={seed} cargo test --all-features --test sim -- --nocapture replay\n\
+         (exactly, with RUSTFLAGS=\"--cfg tokio_unstable\"; SIM_TRACE=<lines> for more)\nlast events:\n{}",
         outcome.violation.as_deref().unwrap_or("no violation"),
+        scenario::Scenario::new(seed).summary(),
         outcome.tail,
     )
 }
@@ -105,7 +107,11 @@ fn search(seeds: Vec<u64>) -> Vec<(u64, Outcome)> {
 fn assert_none_failed(failed: &[(u64, Outcome)]) {
     if let Some((seed, outcome)) = failed.first() {
         let seeds: Vec<_> = failed.iter().map(|(s, _)| *s).collect();
-        panic!("{} seeds failed: {seeds:?}\n{}", seeds.len(), report(*seed, outcome));
+        panic!(
+            "{} seeds failed: {seeds:?}\n{}",
+            seeds.len(),
+            report(*seed, outcome)
+        );
     }
 }
 
@@ -134,18 +140,27 @@ fn replay() {
     let seed = env("SIM_SEED").unwrap_or(1);
     let lines = env("SIM_TRACE").unwrap_or(run::TAIL as u64) as usize;
     let outcome = run(seed, lines);
-    let scenario = scenario::Scenario::new(seed);
-    println!("{scenario:#?}");
-    println!("{} events, fingerprint {:x}, {:?}", outcome.events, outcome.fingerprint, outcome.stats);
+    println!("{}", scenario::Scenario::new(seed).summary());
+    println!(
+        "{} events, fingerprint {:x}: {}",
+        outcome.events, outcome.fingerprint, outcome.stats
+    );
     assert!(outcome.violation.is_none(), "{}", report(seed, &outcome));
 }
 
 /// One seed, run twice, leaves the same trace.
 #[test]
-#[cfg_attr(not(tokio_unstable), ignore = "exact replay needs RUSTFLAGS=\"--cfg tokio_unstable\"")]
+#[cfg_attr(
+    not(tokio_unstable),
+    ignore = "exact replay needs RUSTFLAGS=\"--cfg tokio_unstable\""
+)]
 fn a_seed_replays_exactly() {
     for seed in [7, 8, 9] {
         let (a, b) = (run(seed, 0), run(seed, 0));
-        assert_eq!((a.events, a.fingerprint), (b.events, b.fingerprint), "seed {seed}");
+        assert_eq!(
+            (a.events, a.fingerprint),
+            (b.events, b.fingerprint),
+            "seed {seed}"
+        );
     }
 }

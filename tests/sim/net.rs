@@ -111,23 +111,43 @@ impl FaultyStore {
                 },
                 None => Fate::default(),
                 Some(f) => Fate {
-                    delay: if r.chance(f.request_delay) { r.range(1, f.max_delay) } else { 0 },
+                    delay: if r.chance(f.request_delay) {
+                        r.range(1, f.max_delay)
+                    } else {
+                        0
+                    },
                     lost: r.chance(f.request_lost),
                     duplicate: r.chance(f.duplicate),
                     error_before: r.chance(f.error_before),
                     error_after: r.chance(f.error_after),
                     reply_lost: r.chance(f.reply_lost),
-                    reply_delay: if r.chance(f.reply_delay) { r.range(1, f.max_delay) } else { 0 },
+                    reply_delay: if r.chance(f.reply_delay) {
+                        r.range(1, f.max_delay)
+                    } else {
+                        0
+                    },
                 },
             }
         };
         let label = match fate {
             Fate { lost: true, .. } => "lost",
-            Fate { error_before: true, .. } => "refused",
-            Fate { error_after: true, .. } => "applied, error",
-            Fate { reply_lost: true, .. } => "reply lost",
-            Fate { duplicate: true, .. } => "duplicated",
-            Fate { delay: 0, reply_delay: 0, .. } => "ok",
+            Fate {
+                error_before: true, ..
+            } => "refused",
+            Fate {
+                error_after: true, ..
+            } => "applied, error",
+            Fate {
+                reply_lost: true, ..
+            } => "reply lost",
+            Fate {
+                duplicate: true, ..
+            } => "duplicated",
+            Fate {
+                delay: 0,
+                reply_delay: 0,
+                ..
+            } => "ok",
             _ => "late",
         };
         self.sim.log(Event::Sent {
@@ -306,9 +326,11 @@ async fn apply(sim: &Sim, instance: usize, call: Call) -> Result<Reply, StoreErr
     let reply = match call {
         Call::Record(batch) => Reply::Snapshot(store.record(name, policy, batch).await?),
         Call::Acquire(lease) => Reply::Acquired(store.acquire(name, policy, lease).await?),
-        Call::Release(generation, lease, result) => {
-            Reply::Snapshot(store.release(name, policy, generation, lease, result).await?)
-        }
+        Call::Release(generation, lease, result) => Reply::Snapshot(
+            store
+                .release(name, policy, generation, lease, result)
+                .await?,
+        ),
         Call::Read => Reply::Snapshot(store.snapshot(name, policy).await?),
     };
     let now = sim.now();
@@ -393,7 +415,11 @@ pub async fn announce(sim: Arc<Sim>, store: SimStore) {
                     if r.chance(f.event_lost) {
                         return None;
                     }
-                    let delay = if r.chance(f.event_delay) { r.range(1, 300) } else { 0 };
+                    let delay = if r.chance(f.event_delay) {
+                        r.range(1, 300)
+                    } else {
+                        0
+                    };
                     let copies = if r.chance(f.event_duplicate) { 2 } else { 1 };
                     Some((i, tx, delay, copies))
                 })
@@ -406,7 +432,9 @@ pub async fn announce(sim: Arc<Sim>, store: SimStore) {
                 sim.log(Event::Announced {
                     instance,
                     view: match &event {
-                        StoreEvent::Transition(t) => Some((t.snapshot.state, t.snapshot.generation)),
+                        StoreEvent::Transition(t) => {
+                            Some((t.snapshot.state, t.snapshot.generation))
+                        }
                         _ => None,
                     },
                 });

@@ -83,7 +83,10 @@ async fn world(seed: u64, tail: usize) -> Outcome {
         if violated || now >= s.end {
             break;
         }
-        let next = steps.peek().map_or(s.end, |step| step.at).min(now + TICK.as_millis() as u64);
+        let next = steps
+            .peek()
+            .map_or(s.end, |step| step.at)
+            .min(now + TICK.as_millis() as u64);
         tokio::time::sleep(Duration::from_millis(next.max(now + 1) - now)).await;
     }
     announcer.abort();
@@ -177,7 +180,10 @@ fn failover(sim: &Sim, lost: Lost) {
     if notify {
         let members: Vec<_> = {
             let w = sim.world();
-            w.members.iter().map(|(i, m)| (*i, m.events.clone())).collect()
+            w.members
+                .iter()
+                .map(|(i, m)| (*i, m.events.clone()))
+                .collect()
         };
         for (instance, tx) in members {
             net::resync(sim, instance, &tx);
@@ -218,10 +224,14 @@ async fn teardown(sim: &Arc<Sim>) {
     let p = &s.policy;
     let settle = p.sync_interval() * 2 + p.store_timeout() * 2 + Duration::from_millis(400);
     tokio::time::sleep(settle).await;
-    let alive = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     if alive > 0 {
         let now = sim.now();
-        sim.world()
-            .violate(now, format!("{alive} tasks still alive after the whole fleet crashed"));
+        sim.world().violate(
+            now,
+            format!("{alive} tasks still alive after the whole fleet crashed"),
+        );
     }
 }

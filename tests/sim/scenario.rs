@@ -169,6 +169,39 @@ impl Scenario {
         (IDLE_REFRESH_TICKS + 2) * ms(p.sync_interval()) + ms(p.store_timeout()) + 10
     }
 
+    /// The policy and the fleet in one line (the timeline is in the trace).
+    pub fn summary(&self) -> String {
+        let p = &self.policy;
+        format!(
+            "threshold {}, rate {:?} over {:?} (min {}), break {:?} up to {:?}, jitter {}, \
+             permits {}, successes {}, lease {:?}, sync {:?}, store timeout {:?}, quorum {}, \
+             {:?}; {} instances x {} clients, calls every {}..{}ms, latency {}..{}ms, \
+             {}% cancelled; ends at {}ms",
+            self.threshold,
+            p.failure_rate(),
+            p.window(),
+            p.minimum_calls(),
+            p.break_duration(),
+            p.max_break_duration(),
+            p.jitter(),
+            p.half_open_permits(),
+            p.successes_to_close(),
+            p.probe_lease(),
+            p.sync_interval(),
+            p.store_timeout(),
+            p.fleet_quorum(),
+            self.mode,
+            self.instances,
+            self.clients,
+            self.call_gap.0,
+            self.call_gap.1,
+            self.latency.0,
+            self.latency.1,
+            self.cancel_percent,
+            self.end,
+        )
+    }
+
     pub fn permits(&self) -> usize {
         self.policy.half_open_permits() as usize
     }
