@@ -60,8 +60,16 @@ use world::Stats;
 /// Seeds the default run tries.
 const DEFAULT_SEEDS: u64 = 300;
 
-/// Seeds that once failed, kept as regression cases.
-const REGRESSIONS: &[u64] = &[];
+/// Seeds that once failed, kept as regression cases. A seed names a world
+/// only for this version of the scenario generator: when it changes, find
+/// them again (put each defect back, as below, and note its first seed).
+/// The first seeds that found each 0.1 defect put back (issue 15):
+/// 0: the blind release of an unanswered acquire removed (invariant 3), and
+/// newcomers admitting freely at generation 0 (invariant 8); 54: answers of
+/// an older generation never followed (9); 14: backlogs replayed as
+/// generation 0 with their run counted (7); 10: a batch with a success
+/// setting the run to its trailing failures (5).
+const REGRESSIONS: &[u64] = &[0, 10, 14, 54];
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
