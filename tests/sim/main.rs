@@ -18,7 +18,8 @@
 //! refused; replies delayed past the caller's timeout, lost with the request
 //! applied, or replaced by an error after it was applied; store pauses (all
 //! requests wait, then apply at once); failovers that lose the last 1 to 8
-//! writes (generations go back; half the time the instances hear a resync);
+//! writes, or everything since one of the last 3 changes of generation
+//! (generations go back; half the time the instances hear a resync);
 //! an instance partitioned from the store; announcements lost, delayed
 //! (so reordered), duplicated, or replaced by a resync; instances that
 //! crash; newcomers joining, also mid-outage and calling at once; calls
