@@ -15,8 +15,9 @@
 //!    waits longer than `store_timeout` plus the dependency's latency.
 //! 5. **Outages are cut short**: when the dependency fails a fleet that is
 //!    calm, closed and agrees with the store, at a quorum of one, at most
-//!    `threshold + instances` calls admitted by a closed view fail before
-//!    every instance is open (the README's promise).
+//!    `threshold` plus the calls on their way (one per client: instances x
+//!    clients) admitted by a closed view fail before every instance is open
+//!    (the README's threshold + instances, with one call in flight each).
 //! 6. **Bounded**: the store never holds more leases than permits, nor more
 //!    instances than the quorum lists keep; no task outlives the fleet.
 //! 7. **Trips are earned**: the store opens a closed generation only after
@@ -334,7 +335,7 @@ impl World {
             return;
         }
         let failures = episode.failures;
-        let bound = s.threshold as usize + episode.members.len();
+        let bound = s.threshold as usize + episode.members.len() * s.clients;
         let start = episode.start;
         self.episode = None;
         self.stats.episodes.push(failures);

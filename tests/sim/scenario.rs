@@ -132,7 +132,7 @@ impl Scenario {
             mode,
             threshold,
             instances: rng.range(2, 8) as usize,
-            clients: rng.range(1, 2) as usize,
+            clients: if rng.chance(60) { 1 } else { 2 },
             call_gap: (rng.range(2, 10), rng.range(20, 100)),
             latency,
             cancel_percent: rng.range(0, 10),
