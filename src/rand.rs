@@ -15,6 +15,12 @@ fn seed() -> u64 {
     hasher.finish() | 1
 }
 
+/// Starts this thread's sequence over from `seed` (simulations replay a seed).
+#[cfg(feature = "sim")]
+pub(crate) fn seed_with(seed: u64) {
+    STATE.with(|state| state.set(seed | 1));
+}
+
 /// A random number in `0..65536` (splitmix64).
 pub(crate) fn rand16() -> u32 {
     STATE.with(|state| {

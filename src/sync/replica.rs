@@ -25,8 +25,11 @@ use crate::sync::permit::{Admission, ProbePermit};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
 
 /// Failures in a row a replica must see before its run counts toward the
-/// fleet's run (at most the policy's threshold).
+/// fleet's run: two, for thresholds of at least `CORROBORATED_FROM`; one for
+/// smaller thresholds, whose users accept trips on short runs anyway (a
+/// private breaker of threshold 3 trips on scattered failures too).
 const CORROBORATION: u32 = 2;
+const CORROBORATED_FROM: u32 = 4;
 
 /// Low bits of the packed snapshot: the state code, then the local flag.
 const STATE_BITS: u32 = 3;
@@ -302,7 +305,7 @@ impl Replica {
         } else {
             self.judge_window();
         }
-        if run == CORROBORATION.min(p.consecutive.max(1)) {
+        if run == corroboration(p) {
             // The run now joins the fleet's run: report it without the gap.
             self.break_pending.store(true, Ordering::Release);
         }
@@ -390,7 +393,7 @@ impl Replica {
         // interleaved successes the store never heard of.
         let run = c.run.load(Ordering::Relaxed);
         let counted = c.counted.load(Ordering::Relaxed).min(run);
-        let needed = CORROBORATION.min(self.policy.params().consecutive.max(1));
+        let needed = corroboration(self.policy.params());
         let trailing_failures = if run >= needed {
             c.counted.store(run, Ordering::Relaxed);
             run - counted
@@ -829,6 +832,15 @@ struct ClearOnDrop<'a>(&'a AtomicBool);
 impl Drop for ClearOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The run a replica must see before it joins the fleet's run.
+fn corroboration(p: &crate::policy::Params) -> u32 {
+    if p.consecutive >= CORROBORATED_FROM {
+        CORROBORATION
+    } else {
+        1
     }
 }
 
