@@ -143,8 +143,9 @@ where
                         let replica = self.shared.replica.clone();
                         let waiting = async move {
                             tokio::select! {
-                                () = tokio::time::sleep_until(Instant::now() + wait) => {}
+                                biased;
                                 () = replica.changed() => {}
+                                () = tokio::time::sleep_until(Instant::now() + wait) => {}
                             }
                         };
                         self.readiness = Readiness::Waiting(Mutex::new(Box::pin(waiting)));

@@ -83,10 +83,14 @@ async fn run(weak: Weak<Replica>) {
     let mut retry_wait = 1u32;
     let mut retry_in = 0u32;
     loop {
+        // Biased (announcements, then the tick, then early flushes) rather
+        // than tokio's random pick among ready branches: one order, so that a
+        // simulation seed replays exactly; announcements are rare and cheap.
         let why = tokio::select! {
+            biased;
+            event = events.recv(), if events_open => Wake::Event(event),
             _ = tick.tick() => Wake::Tick,
             () = wake.notified() => Wake::Flush,
-            event = events.recv(), if events_open => Wake::Event(event),
         };
         let Some(replica) = weak.upgrade() else {
             return;
@@ -120,6 +124,7 @@ async fn run(weak: Weak<Replica>) {
                 tokio::pin!(attempt);
                 loop {
                     tokio::select! {
+                        biased;
                         _ = &mut attempt => break,
                         () = wake.notified(), if replica.degraded.is_degraded() => {
                             decide_locally(&replica, replica.take_batch());
@@ -188,6 +193,7 @@ async fn wait_unless_tripped(replica: &Replica, wake: &tokio::sync::Notify, unti
     tokio::pin!(sleep);
     loop {
         tokio::select! {
+            biased;
             () = &mut sleep => return,
             () = wake.notified() => {
                 if replica.urgent() {

@@ -750,7 +750,13 @@ impl Replica {
     pub(crate) fn store_back(&self, ticket: u64, snapshot: Snapshot) {
         if self.degraded.leave() {
             tracing::info!(breaker = %self.name, state = %snapshot.state, "store reachable again; following the shared state");
+            let (_, held) = unpack(self.snapshot.load(Ordering::Acquire));
             self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
+            if held != snapshot.generation {
+                // What was counted (or tripped on) alone belongs to a state
+                // the fleet has left: it must not trip the one it is in.
+                self.discard_outcomes();
+            }
         } else {
             self.adopt(ticket, snapshot);
         }

@@ -17,7 +17,9 @@
 //!    calm, closed and agrees with the store, at a quorum of one, at most
 //!    `threshold` plus the calls on their way (one per client: instances x
 //!    clients) admitted by a closed view fail before every instance is open
-//!    (the README's threshold + instances, with one call in flight each).
+//!    (the README's threshold + instances, with one call in flight each),
+//!    plus, for thresholds of 4 or more, one per instance: its first failure,
+//!    which joins the fleet's run only with its second.
 //! 6. **Bounded**: the store never holds more leases than permits, nor more
 //!    instances than the quorum lists keep; no task outlives the fleet.
 //! 7. **Trips are earned**: the store opens a closed generation only after
@@ -335,7 +337,15 @@ impl World {
             return;
         }
         let failures = episode.failures;
-        let bound = s.threshold as usize + episode.members.len() * s.clients;
+        // Thresholds of 4 or more count an instance's failures toward the
+        // fleet's run only from its second in a row: each instance may add
+        // one more failure before the fleet's run includes it.
+        let corroboration = if s.threshold >= 4 {
+            episode.members.len()
+        } else {
+            0
+        };
+        let bound = s.threshold as usize + episode.members.len() * s.clients + corroboration;
         let start = episode.start;
         self.episode = None;
         self.stats.episodes.push(failures);
