@@ -36,10 +36,11 @@
 //! prints `SIM_SEED=<seed> cargo test --all-features --test sim -- --nocapture replay`
 //! and the last events before the violation (`SIM_TRACE=<lines>` for more).
 //!
-//! **Replay**: a seed replays exactly when tokio's own random choices are
-//! seeded too (`select!` picks among ready branches at random), which needs
-//! `RUSTFLAGS="--cfg tokio_unstable"`; without it, runs of one seed can
-//! differ where two of a task's wake-ups tie on the same millisecond.
+//! **Replay**: a seed replays exactly: the crate's random source is seeded,
+//! and the background task's `select!`s are `biased` (tokio's own random
+//! pick among ready branches would otherwise differ between runs where two
+//! wake-ups tie on the same millisecond). With `RUSTFLAGS="--cfg
+//! tokio_unstable"` tokio's scheduler is seeded as well.
 #![cfg(feature = "sim")]
 
 mod dependency;
@@ -79,7 +80,7 @@ fn env(name: &str) -> Option<u64> {
 fn report(seed: u64, outcome: &Outcome) -> String {
     format!(
         "seed {seed}: {}\n{}\nreproduce: SIM_SEED={seed} cargo test --all-features --test sim -- --nocapture replay\n\
-         (exactly, with RUSTFLAGS=\"--cfg tokio_unstable\"; SIM_TRACE=<lines> for more)\nlast events:\n{}",
+         (SIM_TRACE=<lines> for more)\nlast events:\n{}",
         outcome.violation.as_deref().unwrap_or("no violation"),
         scenario::Scenario::new(seed).summary(),
         outcome.tail,
@@ -160,10 +161,6 @@ fn replay() {
 
 /// One seed, run twice, leaves the same trace.
 #[test]
-#[cfg_attr(
-    not(tokio_unstable),
-    ignore = "exact replay needs RUSTFLAGS=\"--cfg tokio_unstable\""
-)]
 fn a_seed_replays_exactly() {
     for seed in [7, 8, 9] {
         let (a, b) = (run(seed, 0), run(seed, 0));
