@@ -630,7 +630,16 @@ impl Replica {
                 let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
                 if self.is_local() && acquired.snapshot.generation == generation {
                     // The fleet is closed; this replica tripped alone and its
-                    // break is over: one local probe decides.
+                    // break is over: one local probe decides. (A permit the
+                    // store granted anyway goes back at once.)
+                    if let Some(lease) = acquired.lease {
+                        crate::sync::permit::release_in_background(
+                            &self,
+                            0,
+                            lease,
+                            ProbeResult::Cancelled,
+                        );
+                    }
                     return Ok(self.probe_locally(generation));
                 }
                 self.adopt(ticket, acquired.snapshot);
