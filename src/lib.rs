@@ -46,6 +46,10 @@
 //! - **Sharing**: [`MemoryStore`] shares breakers within a process; `RedisStore`
 //!   (feature `redis`, on by default; `redis-tls` for `rediss://`) shares them
 //!   across a fleet, on one Redis or a Redis Cluster.
+//! - **Local first**: every instance also judges its own outcomes at once and
+//!   opens itself on its own trip (never later than a private breaker); a
+//!   trip anywhere opens the fleet, or only once
+//!   [`fleet_quorum`](PolicyBuilder::fleet_quorum) instances tripped.
 //! - **Keys**: [`DistributedCircuitBreakerLayer::key_by`] gives one breaker per
 //!   downstream host ([`ByAuthority`]), route (`ByMatchedPath`, feature `axum`),
 //!   header ([`ByHeader`]) or closure, with per-key policies ([`PolicySet`],
