@@ -242,7 +242,23 @@ async fn redis_cluster_store_conforms() {
     let urls = cluster.urls();
     let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
     let store = RedisStore::connect_cluster(&nodes).await.unwrap();
-    conformance(Arc::new(store)).await;
+    conformance(Arc::new(store.clone())).await;
+    // `list` scans every master: names spread over all three.
+    let p = policy();
+    let names: Vec<String> = (0..30).map(|i| format!("listed-{i}")).collect();
+    for n in &names {
+        store.snapshot(&name(n), &p).await.unwrap();
+    }
+    let listed: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for n in &names {
+        assert!(listed.contains(n), "{n} missing from {listed:?}");
+    }
 }
 
 #[tokio::test]

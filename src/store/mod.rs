@@ -253,7 +253,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         policy: &'a Policy,
     ) -> StoreFuture<'a, Snapshot>;
 
-    /// Lists every breaker the store holds.
+    /// Lists every breaker the store holds (on Redis Cluster, on every master).
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>>;
 
     /// Receives every transition of every breaker in the store from now on,

@@ -78,6 +78,111 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
+impl Connection {
+    /// One command, routed by its key on a cluster.
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        match self {
+            Connection::Single(c) => cmd.query_async(c).await,
+            Connection::Cluster(c) => cmd.query_async(c).await,
+        }
+        .map_err(map_error)
+    }
+}
+
+impl RedisStore {
+    /// Every breaker key under the prefix: one `SCAN` on a single node, one
+    /// per master on a cluster (found with `CLUSTER NODES`).
+    async fn scan_keys(&self) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("{}:{{*}}", self.inner.prefix);
+        let mut keys = Vec::new();
+        match self.inner.connection.clone() {
+            Connection::Single(mut c) => {
+                let mut iter = redis::cmd("SCAN")
+                    .cursor_arg(0)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .clone()
+                    .iter_async::<String>(&mut c)
+                    .await
+                    .map_err(map_error)?;
+                while let Some(key) = iter.next_item().await {
+                    keys.push(key.map_err(map_error)?);
+                }
+            }
+            Connection::Cluster(mut c) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                let nodes = c
+                    .route_command(redis::cmd("CLUSTER").arg("NODES").clone(), random)
+                    .await
+                    .map_err(map_error)?;
+                let nodes: String = redis::from_redis_value(nodes).map_err(corrupt)?;
+                for (host, port) in masters(&nodes) {
+                    let mut cursor = 0u64;
+                    loop {
+                        let mut scan = redis::cmd("SCAN");
+                        scan.arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(500);
+                        let node = SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        };
+                        let reply = c
+                            .route_command(scan, RoutingInfo::SingleNode(node))
+                            .await
+                            .map_err(map_error)?;
+                        let (next, batch): (u64, Vec<String>) =
+                            redis::from_redis_value(reply).map_err(corrupt)?;
+                        keys.extend(batch);
+                        cursor = next;
+                        if cursor == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// A reply of an unexpected shape.
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Corrupt,
+        format!("unexpected reply: {error}"),
+    )
+}
+
+/// The reachable masters in a `CLUSTER NODES` reply, as (host, port).
+fn masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            let flags = fields.next()?;
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master")
+                || flags
+                    .iter()
+                    .any(|f| matches!(*f, "fail" | "noaddr" | "handshake"))
+            {
+                return None;
+            }
+            // ip:port@cport[,hostname]
+            let address = address.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
 impl RedisStore {
     /// Connects to one Redis server with the default settings; see
     /// [`RedisStoreBuilder::connect`].
@@ -213,34 +318,9 @@ impl Store for RedisStore {
 
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {
         Box::pin(async move {
-            let Connection::Single(mut connection) = self.inner.connection.clone() else {
-                return Err(StoreError::new(
-                    StoreErrorKind::Refused,
-                    "listing breakers is not supported on Redis Cluster",
-                ));
-            };
-            let pattern = format!("{}:{{*}}", self.inner.prefix);
-            let keys: Vec<String> = {
-                let mut iter = redis::cmd("SCAN")
-                    .cursor_arg(0)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .clone()
-                    .iter_async::<String>(&mut connection)
-                    .await
-                    .map_err(map_error)?;
-                let mut keys = Vec::new();
-                while let Some(key) = iter.next_item().await {
-                    keys.push(key.map_err(map_error)?);
-                }
-                keys
-            };
-            let (secs, micros): (u64, u64) = redis::cmd("TIME")
-                .query_async(&mut connection)
-                .await
-                .map_err(map_error)?;
+            let keys = self.scan_keys().await?;
+            let mut connection = self.inner.connection.clone();
+            let (secs, micros): (u64, u64) = connection.query(redis::cmd("TIME")).await?;
             let now = secs * 1000 + micros / 1000;
             let mut all = Vec::new();
             for key in keys {
@@ -250,12 +330,9 @@ impl Store for RedisStore {
                 else {
                     continue;
                 };
-                let fields: Vec<Option<u64>> = redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg(&["st", "g", "ou", "fu"])
-                    .query_async(&mut connection)
-                    .await
-                    .unwrap_or_default();
+                let mut hmget = redis::cmd("HMGET");
+                hmget.arg(&key).arg(&["st", "g", "ou", "fu"]);
+                let fields: Vec<Option<u64>> = connection.query(hmget).await.unwrap_or_default();
                 let [Some(st), Some(g), Some(ou), Some(fu)] = fields[..] else {
                     continue;
                 };
