@@ -73,7 +73,7 @@ async fn main() -> Result<(), BoxError> {
             tripped_at = Some(Instant::now());
         }
         let tripped_at = tripped_at.ok_or("no call")?;
-        let mut seen = vec![None; INSTANCES];
+        let mut seen = [None; INSTANCES];
         let deadline = tripped_at + Duration::from_secs(2);
         while seen.iter().any(Option::is_none) && Instant::now() < deadline {
             for (i, b) in breakers.iter().enumerate() {
