@@ -293,7 +293,14 @@ impl Replica {
                     self.counters.counted.store(0, Ordering::Relaxed);
                     self.local_opens.store(0, Ordering::Relaxed);
                     self.window.clear();
-                    tracing::debug!(breaker = %self.name, "own probe succeeded; closed again");
+                    tracing::info!(
+                        breaker = %self.name,
+                        from = %State::HalfOpen,
+                        to = %State::Closed,
+                        generation,
+                        scope = "local",
+                        "breaker transition"
+                    );
                 }
             }
             ProbeResult::Failure => self.trip_locally(),
@@ -356,13 +363,23 @@ impl Replica {
         if !self.publish_if(packed, open, remaining) {
             return; // the state moved meanwhile; whoever moved it decided
         }
+        let run = self.counters.run.load(Ordering::Relaxed);
         self.counters.run.store(0, Ordering::Relaxed);
         self.counters.counted.store(0, Ordering::Relaxed);
         self.window.clear();
         self.trip_pending.store(true, Ordering::Release);
         self.report_trip_now();
         self.wake.notify_one();
-        tracing::debug!(breaker = %self.name, generation, "tripped on local outcomes; reporting to the store");
+        tracing::info!(
+            breaker = %self.name,
+            from = %state,
+            to = %State::Open,
+            generation,
+            scope = "local",
+            consecutive = run,
+            break_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+            "breaker transition"
+        );
     }
 
     /// Sends the trip to the store from a task of its own, so that it does
@@ -504,11 +521,13 @@ impl Replica {
             } else {
                 self.discard_outcomes();
             }
-            tracing::debug!(
+            // The fleet's state as this process learned it: `scope = "fleet"`.
+            tracing::info!(
                 breaker = %self.name,
                 from = %from,
                 to = %snapshot.state,
                 generation = snapshot.generation,
+                scope = "fleet",
                 "breaker transition"
             );
         }
