@@ -122,7 +122,7 @@ impl<C: Clone> Registry<C> {
             self.store.clone(),
         );
         replica.degraded.set_mode(self.failure_mode());
-        let replica = replica.into_arc();
+        let replica = Arc::new(replica);
         crate::sync::driver::start(&replica);
         Shared {
             replica,

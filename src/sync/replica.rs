@@ -10,7 +10,7 @@
 //! [`Replica::apply`].
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -88,8 +88,6 @@ pub(crate) struct Replica {
     local_opens: AtomicU32,
     /// A local trip waits to be reported to the store.
     trip_pending: AtomicBool,
-    /// This replica, for the tasks it starts (set by `into_arc`).
-    me: OnceLock<Weak<Replica>>,
     /// The fleet's run changed here (a run of this replica joined it, or a
     /// success ended a run it counted): report it at once.
     break_pending: AtomicBool,
@@ -129,7 +127,6 @@ impl Replica {
             window: LocalWindow::default(),
             local_opens: AtomicU32::new(0),
             trip_pending: AtomicBool::new(false),
-            me: OnceLock::new(),
             break_pending: AtomicBool::new(false),
             instance: instance_id(),
             synced: Notify::new(),
@@ -148,16 +145,8 @@ impl Replica {
     /// hand; otherwise on the first call), so it reads the shared state before
     /// its first call needs it.
     pub(crate) fn spawn(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Arc<Self> {
-        let replica = Self::new(name, policy, store).into_arc();
+        let replica = Arc::new(Self::new(name, policy, store));
         crate::sync::driver::start(&replica);
-        replica
-    }
-
-    /// Shares the replica, letting it hand itself to tasks it starts.
-    pub(crate) fn into_arc(self) -> Arc<Self> {
-        let replica = Arc::new(self);
-        // Set once, right here; `set` only fails if it was set already.
-        let _ = replica.me.set(Arc::downgrade(&replica));
         replica
     }
 
@@ -368,7 +357,6 @@ impl Replica {
         self.counters.counted.store(0, Ordering::Relaxed);
         self.window.clear();
         self.trip_pending.store(true, Ordering::Release);
-        self.report_trip_now();
         self.wake.notify_one();
         tracing::info!(
             breaker = %self.name,
@@ -380,20 +368,6 @@ impl Replica {
             break_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
             "breaker transition"
         );
-    }
-
-    /// Sends the trip to the store from a task of its own, so that it does
-    /// not queue behind flushes the background task has in flight (on one
-    /// connection the commands are pipelined; only Redis orders them).
-    fn report_trip_now(&self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the background task reports it, or nobody can
-        };
-        if let Some(replica) = self.me.get().and_then(Weak::upgrade) {
-            runtime.spawn(async move {
-                crate::sync::driver::sync_once(&replica, false).await;
-            });
-        }
     }
 
     /// Whether this replica is open or probing on its own judgement.
