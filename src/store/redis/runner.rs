@@ -39,24 +39,22 @@ impl RedisStore {
         // channel rights (`&{prefix}:events`), which it lacks by default.
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.inner.channel).arg(events::PING);
-        match &mut connection {
-            Connection::Single(c) => publish.query_async::<i64>(c).await,
-            Connection::Cluster(c) => publish.query_async::<i64>(c).await,
-        }
-        .map(drop)
-        .map_err(|error| {
-            let mut refused = map_error(error);
-            if refused.kind() == StoreErrorKind::Refused {
-                refused = StoreError::new(
+        connection
+            .query::<i64>(publish)
+            .await
+            .map(drop)
+            .map_err(|refused| {
+                if refused.kind() != StoreErrorKind::Refused {
+                    return refused;
+                }
+                StoreError::new(
                     StoreErrorKind::Refused,
                     format!(
                         "this Redis user may not PUBLISH to `{}`; grant it the channel (ACL `&{}`): {refused}",
                         self.inner.channel, self.inner.channel
                     ),
-                );
-            }
-            refused
-        })
+                )
+            })
     }
 
     /// Runs one script; `now` overrides Redis's clock when not 0 (tests only).
