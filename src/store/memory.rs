@@ -60,7 +60,7 @@ struct Breakers {
     operations: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     machine: Machine,
     expires_at: u64,
@@ -75,6 +75,16 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
+        Self::starting_at(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+        )
+    }
+
+    /// An empty store whose clock reads `epoch_ms` now (simulations fix it,
+    /// so that a seed gives the same generations in every run).
+    pub(crate) fn starting_at(epoch_ms: u64) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
             inner: Arc::new(Inner {
@@ -82,9 +92,7 @@ impl MemoryStore {
                 events,
                 conflicts: PolicyConflicts::default(),
                 epoch: Instant::now(),
-                epoch_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+                epoch_ms,
             }),
         }
     }
@@ -146,6 +154,33 @@ impl MemoryStore {
             }));
         }
         (out, snapshot)
+    }
+}
+
+/// Every breaker of a store at one moment (simulations roll back to it).
+#[cfg(feature = "sim")]
+#[derive(Debug, Clone)]
+pub(crate) struct Saved(HashMap<BreakerName, Entry>);
+
+#[cfg(feature = "sim")]
+impl MemoryStore {
+    pub(crate) fn save(&self) -> Saved {
+        Saved(self.lock().map.clone())
+    }
+
+    /// Puts every breaker back as it was, announcing nothing.
+    pub(crate) fn load(&self, saved: Saved) {
+        self.lock().map = saved.0;
+    }
+
+    /// Looks at one breaker as the store holds it, if it exists.
+    pub(crate) fn with_machine<T>(
+        &self,
+        name: &BreakerName,
+        look: impl FnOnce(&Machine, u64) -> T,
+    ) -> Option<T> {
+        let now = self.now();
+        self.lock().map.get(name).map(|e| look(&e.machine, now))
     }
 }
 

@@ -16,6 +16,8 @@ mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreBuilder, SCHEMA_VERSION as REDIS_SCHEMA_VERSION};
 pub use memory::MemoryStore;
+#[cfg(feature = "sim")]
+pub(crate) use memory::Saved;
 pub use name::{BreakerName, MAX_NAME_LEN};
 
 use std::fmt;
