@@ -27,6 +27,10 @@ use distributed_circuit_breaker::{
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
+#[path = "support/args.rs"]
+mod args;
+use args::arg_value;
+
 const THRESHOLD: u32 = 5;
 const CALL_EVERY: Duration = Duration::from_millis(10);
 /// Healthy traffic before the outage: longer than the default sync interval.
@@ -190,20 +194,13 @@ async fn busy_instance(policy: &Policy, store: Arc<dyn Store>) -> Result<usize, 
         let dep = dep.clone();
         async move { dep.call() }
     }));
-    let mut tick = tokio::time::interval(BUSY_EVERY);
-    let down_at = Instant::now() + HEALTHY_FIRST;
-    let stop_at = down_at + Duration::from_millis(500);
-    while Instant::now() < stop_at {
-        tick.tick().await;
-        if Instant::now() >= down_at {
-            dependency.down.store(true, Ordering::SeqCst);
+    Ok(until_open(&dependency, async || {
+        if let Ok(ready) = svc.ready().await {
+            let _ = ready.call(()).await;
         }
-        let _ = svc.ready().await?.call(()).await;
-        if dependency.down.load(Ordering::SeqCst) && breaker.snapshot().state != State::Closed {
-            break;
-        }
-    }
-    Ok(dependency.failed.load(Ordering::SeqCst))
+        dependency.down.load(Ordering::SeqCst) && breaker.snapshot().state != State::Closed
+    })
+    .await)
 }
 
 /// The same with recloser set to open on 5 failures out of the last 5 calls.
@@ -214,6 +211,19 @@ async fn busy_recloser() -> usize {
         .open_wait(BREAK)
         .build();
     let dependency = Dependency::default();
+    until_open(&dependency, async || {
+        matches!(
+            recloser.call(|| dependency.call()),
+            Err(recloser::Error::Rejected)
+        )
+    })
+    .await
+}
+
+/// Calls `call_is_open` every `BUSY_EVERY`, with the dependency healthy for
+/// `HEALTHY_FIRST` and down after, until it says the breaker is open (or
+/// half a second passed); returns the failed calls.
+async fn until_open(dependency: &Dependency, mut call_is_open: impl AsyncFnMut() -> bool) -> usize {
     let mut tick = tokio::time::interval(BUSY_EVERY);
     let down_at = Instant::now() + HEALTHY_FIRST;
     let stop_at = down_at + Duration::from_millis(500);
@@ -222,7 +232,7 @@ async fn busy_recloser() -> usize {
         if Instant::now() >= down_at {
             dependency.down.store(true, Ordering::SeqCst);
         }
-        if let Err(recloser::Error::Rejected) = recloser.call(|| dependency.call()) {
+        if call_is_open().await {
             break;
         }
     }
@@ -340,19 +350,6 @@ async fn evalsha_calls(admin: &mut redis::aio::MultiplexedConnection) -> Result<
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0))
-}
-
-fn arg_value(flag: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == flag {
-            return args.next();
-        }
-        if let Some(value) = arg.strip_prefix(&format!("{flag}=")) {
-            return Some(value.to_owned());
-        }
-    }
-    None
 }
 
 /// Traffic for two seconds on a breaker with the default policy, every

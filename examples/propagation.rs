@@ -21,6 +21,10 @@ use distributed_circuit_breaker::{
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 
+#[path = "support/args.rs"]
+mod args;
+use args::arg_value;
+
 const INSTANCES: usize = 5;
 const ROUNDS: usize = 200;
 
@@ -130,17 +134,4 @@ async fn main() -> Result<(), BoxError> {
         println!("{label:<44} {:>10.3?} {:>10.3?}", pct(50), pct(99));
     }
     Ok(())
-}
-
-fn arg_value(flag: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == flag {
-            return args.next();
-        }
-        if let Some(value) = arg.strip_prefix(&format!("{flag}=")) {
-            return Some(value.to_owned());
-        }
-    }
-    None
 }
