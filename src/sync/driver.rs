@@ -222,16 +222,17 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
         replica.degraded.take_backlog(replica.policy.window()),
         batch,
     );
+    if send.is_empty() && !refresh {
+        return true;
+    }
     let timeout = replica.policy.store_timeout();
     let ticket = replica.ticket();
-    let answer = if !send.is_empty() {
-        let record = replica.store.record(&replica.name, &replica.policy, send);
-        tokio::time::timeout(timeout, record).await
-    } else if refresh {
+    let answer = if send.is_empty() {
         let read = replica.store.snapshot(&replica.name, &replica.policy);
         tokio::time::timeout(timeout, read).await
     } else {
-        return true;
+        let record = replica.store.record(&replica.name, &replica.policy, send);
+        tokio::time::timeout(timeout, record).await
     };
     let error: &dyn std::fmt::Display = match &answer {
         Ok(Ok(snapshot)) => {
