@@ -8,15 +8,17 @@ use tokio::sync::broadcast;
 
 use super::error::{map_error, open_client, unavailable_after};
 use super::scripts::Scripts;
-use super::{events, Connection, Inner, RedisStore, DEFAULT_PREFIX, EVENT_BUFFER, MAX_PREFIX_LEN};
+use super::sentinel::{Primary, SentinelUrl};
+use super::{events, Connection, Durability, Inner, RedisStore, DEFAULT_PREFIX, EVENT_BUFFER, MAX_PREFIX_LEN};
 use crate::store::{PolicyConflicts, StoreError, StoreErrorKind};
 
 /// Configures a [`RedisStore`] before connecting.
 #[derive(Debug, Clone)]
 pub struct RedisStoreBuilder {
     prefix: String,
-    connect_timeout: Duration,
+    pub(super) connect_timeout: Duration,
     response_timeout: Duration,
+    durability: Option<Durability>,
     #[cfg(feature = "redis-tls")]
     root_certificate: Option<Vec<u8>>,
 }
@@ -27,6 +29,7 @@ impl Default for RedisStoreBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
+            durability: None,
             #[cfg(feature = "redis-tls")]
             root_certificate: None,
         }
@@ -55,6 +58,30 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Makes transitions survive a failover (off by default): after every
+    /// script that changed a breaker's state, the store sends
+    /// `WAIT replicas timeout` and so answers only once `replicas` replicas
+    /// hold the change, or after `timeout` (at most half the policy's
+    /// `store_timeout`). With asynchronous replication a primary that dies
+    /// loses its last writes, and the last writes are the transitions: a
+    /// fleet that had just opened could come back closed.
+    ///
+    /// It costs one round trip to the replicas per transition (not per
+    /// call), and holds that connection's later commands meanwhile.
+    /// Outcome counts are not waited for. A transition that reached fewer
+    /// replicas in time is kept and logged (`warn`), not failed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distributed_circuit_breaker::RedisStore;
+    ///
+    /// let builder = RedisStore::builder().durable_transitions(1, Duration::from_millis(20));
+    /// ```
+    pub fn durable_transitions(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.durability = Some(Durability { replicas, timeout });
+        self
+    }
+
     /// Trusts the PEM certificate(s) in `pem` for `rediss://` connections
     /// instead of the system's roots (a private CA, a self-signed server).
     #[cfg(feature = "redis-tls")]
@@ -70,14 +97,37 @@ impl RedisStoreBuilder {
     /// Fails with a clear error, within the connect timeout, on a malformed URL,
     /// an unreachable server, a wrong password, or a user not allowed the
     /// commands the store needs.
+    ///
+    /// Through Redis Sentinel with
+    /// `redis+sentinel://[user:password@]host:port[,host:port...]/master[/db]`
+    /// (`rediss+sentinel://` for TLS): the store asks the sentinels for the
+    /// primary of `master`, connects to it with the credentials and database
+    /// of the URL, and follows it across failovers.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), distributed_circuit_breaker::StoreError> {
+    /// use distributed_circuit_breaker::RedisStore;
+    ///
+    /// let store = RedisStore::connect(
+    ///     "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/mymaster",
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
         self.check()?;
+        if let Some(sentinel) = SentinelUrl::parse(url) {
+            let config = self.manager_config();
+            let primary = tokio::time::timeout(
+                self.connect_timeout,
+                Primary::connect(sentinel?, self.clone(), config),
+            )
+            .await
+            .map_err(|_| unavailable_after(self.connect_timeout))??;
+            return self.finish(Connection::Sentinel(primary), Vec::new()).await;
+        }
         let client = self.open_client(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
+        let config = self.manager_config();
         let manager = tokio::time::timeout(
             self.connect_timeout,
             ConnectionManager::new_with_config(client.clone(), config),
@@ -114,7 +164,15 @@ impl RedisStoreBuilder {
         self.finish(Connection::Cluster(connection), clients).await
     }
 
-    fn open_client(&self, url: &str) -> Result<redis::Client, StoreError> {
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1))
+    }
+
+    pub(super) fn open_client(&self, url: &str) -> Result<redis::Client, StoreError> {
         #[cfg(feature = "redis-tls")]
         {
             // rustls needs one process-wide crypto provider; ours is ring. An
@@ -148,6 +206,14 @@ impl RedisStoreBuilder {
                 format!("invalid `prefix` {p:?}: 1 to {MAX_PREFIX_LEN} characters, no braces, spaces or control characters"),
             ));
         }
+        if let Some(d) = self.durability {
+            if d.replicas == 0 || d.timeout.is_zero() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Config,
+                    format!("invalid `durable_transitions`: {} replicas within {:?}; both must be above zero", d.replicas, d.timeout),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -158,8 +224,12 @@ impl RedisStoreBuilder {
     ) -> Result<RedisStore, StoreError> {
         let channel = format!("{}:events", self.prefix);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let endpoints = match &connection {
+            Connection::Sentinel(primary) => events::Endpoints::Primary(Arc::clone(primary)),
+            _ => events::Endpoints::Nodes(clients),
+        };
         let subscriber = tokio::spawn(events::subscribe_forever(
-            clients,
+            endpoints,
             channel.clone(),
             events.clone(),
             self.connect_timeout,
@@ -174,6 +244,7 @@ impl RedisStoreBuilder {
                 events,
                 conflicts: PolicyConflicts::default(),
                 subscriber,
+                durability: self.durability,
             }),
         };
         // Prove now that this user may run what the store needs (SCRIPT LOAD,

@@ -2,11 +2,13 @@
 //! store's channel into [`StoreEvent`]s, and re-subscribes (announcing a
 //! resync) after any disconnect.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
+use super::sentinel::Primary;
 use crate::{BreakerName, Snapshot, State, StoreEvent, Transition};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -19,9 +21,18 @@ const MAX_LOGGED: usize = 120;
 const MAX_GENERATION: u64 = (1 << 53) - 1;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Where the subscriber connects.
+pub(super) enum Endpoints {
+    /// These nodes in turn (one node, or a cluster's seeds: a `PUBLISH`
+    /// reaches every node of a cluster).
+    Nodes(Vec<redis::Client>),
+    /// The current primary behind the sentinels; moves with it.
+    Primary(Arc<Primary>),
+}
+
 /// Runs until the task is aborted (when the store is dropped).
 pub(super) async fn subscribe_forever(
-    clients: Vec<redis::Client>,
+    endpoints: Endpoints,
     channel: String,
     events: broadcast::Sender<StoreEvent>,
     connect_timeout: Duration,
@@ -29,8 +40,18 @@ pub(super) async fn subscribe_forever(
     let mut backoff = MIN_BACKOFF;
     let mut attempt = 0usize;
     let mut healthy = true;
+    let mut switches = match &endpoints {
+        Endpoints::Primary(primary) => Some(primary.switches()),
+        Endpoints::Nodes(_) => None,
+    };
     loop {
-        let client = &clients[attempt % clients.len()];
+        if let Some(switches) = &mut switches {
+            switches.mark_unchanged();
+        }
+        let client = match &endpoints {
+            Endpoints::Nodes(clients) => clients[attempt % clients.len()].clone(),
+            Endpoints::Primary(primary) => primary.client(),
+        };
         attempt += 1;
         let connected = tokio::time::timeout(connect_timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -47,7 +68,15 @@ pub(super) async fn subscribe_forever(
                 // Whatever was announced while unsubscribed is lost: re-read.
                 let _ = events.send(StoreEvent::Resync);
                 let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
+                loop {
+                    let message = tokio::select! {
+                        message = messages.next() => message,
+                        // A new primary: subscribe there.
+                        _ = switched(&mut switches) => None,
+                    };
+                    let Some(message) = message else {
+                        break;
+                    };
                     let Ok(payload) = message.get_payload::<String>() else {
                         continue;
                     };
@@ -82,6 +111,18 @@ pub(super) async fn subscribe_forever(
         healthy = false;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Resolves when the primary changes; never without one to follow.
+async fn switched(switches: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match switches {
+        Some(switches) => {
+            if switches.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

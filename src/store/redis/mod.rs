@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod runner;
 mod scripts;
+mod sentinel;
 #[cfg(test)]
 mod tests;
 
@@ -64,6 +65,14 @@ struct Inner {
     events: broadcast::Sender<StoreEvent>,
     conflicts: PolicyConflicts,
     subscriber: tokio::task::AbortHandle,
+    durability: Option<Durability>,
+}
+
+/// Wait for this many replicas after every transition (`WAIT`).
+#[derive(Debug, Clone, Copy)]
+struct Durability {
+    replicas: u32,
+    timeout: Duration,
 }
 
 impl Drop for Inner {
@@ -75,6 +84,8 @@ impl Drop for Inner {
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
+    /// The primary behind Redis Sentinel, followed across failovers.
+    Sentinel(Arc<sentinel::Primary>),
     Cluster(ClusterConnection),
 }
 
@@ -83,6 +94,7 @@ impl Connection {
     async fn query<T: redis::FromRedisValue>(&mut self, cmd: redis::Cmd) -> Result<T, StoreError> {
         match self {
             Connection::Single(c) => cmd.query_async(c).await,
+            Connection::Sentinel(p) => p.observe(cmd.query_async(&mut p.manager()).await),
             Connection::Cluster(c) => cmd.query_async(c).await,
         }
         .map_err(map_error)
@@ -95,8 +107,13 @@ impl RedisStore {
     async fn scan_keys(&self) -> Result<Vec<String>, StoreError> {
         let pattern = format!("{}:{{*}}", self.inner.prefix);
         let mut keys = Vec::new();
-        match self.inner.connection.clone() {
-            Connection::Single(mut c) => {
+        let single = match &self.inner.connection {
+            Connection::Single(c) => Some(c.clone()),
+            Connection::Sentinel(p) => Some(p.manager()),
+            Connection::Cluster(_) => None,
+        };
+        match (single, self.inner.connection.clone()) {
+            (Some(mut c), _) => {
                 let mut iter = redis::cmd("SCAN")
                     .cursor_arg(0)
                     .arg("MATCH")
@@ -111,7 +128,7 @@ impl RedisStore {
                     keys.push(key.map_err(map_error)?);
                 }
             }
-            Connection::Cluster(mut c) => {
+            (None, Connection::Cluster(mut c)) => {
                 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
                 let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
                 let nodes = c
@@ -146,6 +163,7 @@ impl RedisStore {
                     }
                 }
             }
+            (None, _) => {}
         }
         Ok(keys)
     }
@@ -363,6 +381,7 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.inner.connection {
             Connection::Single(_) => "single",
+            Connection::Sentinel(_) => "sentinel",
             Connection::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")

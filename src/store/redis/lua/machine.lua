@@ -345,7 +345,9 @@ local function finish(m, before, reset, lease)
   end
   local flag = 0
   if reset then flag = 1 end
-  return { m.st, m.g, rem, lease or 0, flag, other_policy, unannounced }
+  local changed = 0
+  if m.g ~= before then changed = 1 end
+  return { m.st, m.g, rem, lease or 0, flag, other_policy, unannounced, changed }
 end
 
 local m, reset = load()

@@ -4,4 +4,4 @@
 if missing or reset or m.g ~= before then
   return finish(m, before, reset)
 end
-return { m.st, m.g, remaining(m), 0, 0, 0, 0 }
+return { m.st, m.g, remaining(m), 0, 0, 0, 0, 0 }
