@@ -54,12 +54,32 @@ impl Instance {
         dependency: &Dependency,
         mode: StoreFailure,
     ) -> Instance {
+        Instance::connect_policy(url, name, dependency, mode, policy()).await
+    }
+
+    pub async fn connect_policy(
+        url: &str,
+        name: &str,
+        dependency: &Dependency,
+        mode: StoreFailure,
+        policy: Policy,
+    ) -> Instance {
         let store = RedisStore::builder()
             .response_timeout(Duration::from_millis(300))
             .connect(url)
             .await
             .unwrap();
-        let layer = DistributedCircuitBreakerLayer::new(name, policy(), store)
+        Instance::with_store(store, name, dependency, mode, policy)
+    }
+
+    pub fn with_store(
+        store: RedisStore,
+        name: &str,
+        dependency: &Dependency,
+        mode: StoreFailure,
+        policy: Policy,
+    ) -> Instance {
+        let layer = DistributedCircuitBreakerLayer::new(name, policy, store)
             .unwrap()
             .on_store_failure(mode);
         Instance {

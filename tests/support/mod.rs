@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod http;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 
 use std::time::Duration;
 

@@ -54,6 +54,10 @@ impl FaultProxy {
         proxy
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -111,6 +115,11 @@ async fn pump(
         let delay = proxy.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+            // Bytes still in flight when the proxy is reset are lost, as
+            // on a link to a host that crashed.
+            if proxy.epoch.load(Ordering::SeqCst) != epoch {
+                return;
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

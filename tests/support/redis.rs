@@ -12,6 +12,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// A sentinel's configuration file (sentinels rewrite theirs).
+    sentinel_config: Option<String>,
     child: Option<Child>,
 }
 
@@ -23,6 +25,15 @@ impl RedisServer {
 
     /// A fresh server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_as(extra, None)
+    }
+
+    /// A Redis Sentinel whose configuration is `config` (without `port`).
+    pub fn start_sentinel(config: &str) -> RedisServer {
+        RedisServer::start_as(&[], Some(config))
+    }
+
+    fn start_as(extra: &[&str], sentinel_config: Option<&str>) -> RedisServer {
         // A free port can be taken by another test between the check and the
         // bind: then this server dies at once and another port is tried.
         for _ in 0..5 {
@@ -33,6 +44,7 @@ impl RedisServer {
                 port,
                 dir,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                sentinel_config: sentinel_config.map(str::to_owned),
                 child: None,
             };
             if server.try_spawn() {
@@ -50,6 +62,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     fn spawn(&mut self) {
         assert!(
             self.try_spawn(),
@@ -61,6 +77,11 @@ impl RedisServer {
     /// Starts the process and waits until it answers; `false` if it died.
     fn try_spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
+        if let Some(config) = &self.sentinel_config {
+            let file = self.dir.join("sentinel.conf");
+            std::fs::write(&file, config).expect("write sentinel.conf");
+            command.arg(&file).arg("--sentinel");
+        }
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -199,14 +220,23 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Three masters.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`nodes[0..3]` are the
+    /// masters); a node is failed after 1 s without an answer.
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
                 ])
             })
             .collect();
@@ -218,7 +248,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed");
         assert!(
@@ -228,10 +258,12 @@ impl RedisCluster {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if nodes
-                .iter()
-                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
+            let known = nodes.len().to_string();
+            if nodes.iter().all(|n| {
+                let info = n.cli(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{known}"))
+            }) {
                 return RedisCluster { nodes };
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -9,7 +9,9 @@ use tokio::sync::broadcast;
 use super::error::{map_error, open_client, unavailable_after};
 use super::scripts::Scripts;
 use super::sentinel::{Primary, SentinelUrl};
-use super::{events, Connection, Durability, Inner, RedisStore, DEFAULT_PREFIX, EVENT_BUFFER, MAX_PREFIX_LEN};
+use super::{
+    events, Connection, Durability, Inner, RedisStore, DEFAULT_PREFIX, EVENT_BUFFER, MAX_PREFIX_LEN,
+};
 use crate::store::{PolicyConflicts, StoreError, StoreErrorKind};
 
 /// Configures a [`RedisStore`] before connecting.

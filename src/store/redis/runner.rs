@@ -105,8 +105,12 @@ impl RedisStore {
         };
         match acked {
             Ok(n) if n >= u64::from(durability.replicas) => {}
-            Ok(n) => tracing::warn!(breaker = %name, acked = n, wanted = durability.replicas, waited = ?budget, "a transition reached fewer replicas than asked; a failover now could lose it"),
-            Err(error) => tracing::warn!(breaker = %name, %error, "could not wait for replicas to hold a transition"),
+            Ok(n) => {
+                tracing::warn!(breaker = %name, acked = n, wanted = durability.replicas, waited = ?budget, "a transition reached fewer replicas than asked; a failover now could lose it")
+            }
+            Err(error) => {
+                tracing::warn!(breaker = %name, %error, "could not wait for replicas to hold a transition")
+            }
         }
     }
 

@@ -70,7 +70,9 @@ impl SentinelUrl {
         };
         let sentinels: Vec<String> = hosts.split(',').map(str::to_owned).collect();
         for sentinel in &sentinels {
-            let port = sentinel.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            let port = sentinel
+                .rsplit_once(':')
+                .map(|(_, port)| port.parse::<u16>());
             if !matches!(port, Some(Ok(_))) {
                 return Err(bad(&format!("sentinel `{sentinel}` is not host:port")));
             }
@@ -82,7 +84,9 @@ impl SentinelUrl {
         }
         let db = match path.next() {
             None | Some("") => 0,
-            Some(db) => db.parse().map_err(|_| bad("the database is not a number"))?,
+            Some(db) => db
+                .parse()
+                .map_err(|_| bad("the database is not a number"))?,
         };
         if path.next().is_some() {
             return Err(bad("more path than /master/db"));
@@ -166,7 +170,10 @@ impl Primary {
         });
         let weak = Arc::downgrade(&primary);
         let poller = tokio::spawn(poll(weak)).abort_handle();
-        *primary.poller.lock().unwrap_or_else(PoisonError::into_inner) = Some(poller);
+        *primary
+            .poller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(poller);
         Ok(primary)
     }
 
@@ -194,7 +201,10 @@ impl Primary {
 
     /// Passes a command's result through, and looks for a new primary when
     /// the error says this one may be gone or demoted.
-    pub(super) fn observe<T>(self: &Arc<Self>, result: Result<T, RedisError>) -> Result<T, RedisError> {
+    pub(super) fn observe<T>(
+        self: &Arc<Self>,
+        result: Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
         if let Err(error) = &result {
             let moved = match error.code() {
                 None => true,
@@ -338,7 +348,8 @@ async fn open(
             .query_async(&mut manager)
             .await
             .map_err(map_error)?;
-        let is_primary = matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master");
+        let is_primary =
+            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master");
         if !is_primary {
             return Err(StoreError::new(
                 StoreErrorKind::Unavailable,
@@ -363,9 +374,10 @@ mod tests {
 
     #[test]
     fn parses_sentinel_urls() {
-        let url = SentinelUrl::parse("redis+sentinel://u:p%40ss@10.0.0.1:26379,s2:26380/mymaster/2")
-            .unwrap()
-            .unwrap();
+        let url =
+            SentinelUrl::parse("redis+sentinel://u:p%40ss@10.0.0.1:26379,s2:26380/mymaster/2")
+                .unwrap()
+                .unwrap();
         assert_eq!(url.scheme, "redis");
         assert_eq!(url.sentinels, ["10.0.0.1:26379", "s2:26380"]);
         assert_eq!(url.master, "mymaster");
@@ -375,7 +387,9 @@ mod tests {
             "redis://u:p%40ss@10.0.0.9:6379/2"
         );
         assert_eq!(url.sentinel_url("s2:26380"), "redis://s2:26380");
-        let tls = SentinelUrl::parse("rediss+sentinel://h:1/m").unwrap().unwrap();
+        let tls = SentinelUrl::parse("rediss+sentinel://h:1/m")
+            .unwrap()
+            .unwrap();
         assert_eq!((tls.scheme, tls.db), ("rediss", 0));
         assert!(SentinelUrl::parse("redis://h:1").is_none());
         for bad in [
