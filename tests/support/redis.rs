@@ -237,6 +237,8 @@ impl RedisCluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "1000",
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
             })
             .collect();
@@ -261,8 +263,10 @@ impl RedisCluster {
             let known = nodes.len().to_string();
             if nodes.iter().all(|n| {
                 let info = n.cli(&["CLUSTER", "INFO"]);
+                let role = n.cli(&["INFO", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains(&format!("cluster_known_nodes:{known}"))
+                    && (role.contains("role:master") || role.contains("master_link_status:up"))
             }) {
                 return RedisCluster { nodes };
             }

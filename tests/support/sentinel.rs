@@ -115,3 +115,15 @@ pub fn wait_link_up(replica: &RedisServer) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits until `primary` counts one replica online (synced and acknowledging).
+pub fn wait_replica_online(primary: &RedisServer) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !primary
+        .cli(&["INFO", "replication"])
+        .contains("state=online")
+    {
+        assert!(Instant::now() < deadline, "the replica never came online");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
