@@ -107,7 +107,7 @@ impl RedisStoreBuilder {
     /// of the URL, and follows it across failovers.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), distributed_circuit_breaker::StoreError> {
+    /// # async fn demo() -> Result<(), distributed_circuit_breaker::store::StoreError> {
     /// use distributed_circuit_breaker::RedisStore;
     ///
     /// let store = RedisStore::connect(
