@@ -185,9 +185,23 @@ async fn sentinel_failover_keeps_the_fleet_on_one_breaker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_urls_and_settings_are_checked_at_connect() {
-    let group = SentinelGroup::start();
+async fn sentinel_urls_credentials_and_settings_are_checked_at_connect() {
+    let group = SentinelGroup::start_with_password(Some("s3cret"));
     let port = group.sentinels[0].port();
+    let with_password = group
+        .url()
+        .replace("redis+sentinel://", "redis+sentinel://:s3cret@");
+
+    let wrong = RedisStore::connect(
+        &group
+            .url()
+            .replace("redis+sentinel://", "redis+sentinel://:wrong@"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(wrong.kind(), StoreErrorKind::Refused, "{wrong}");
+    let missing = RedisStore::connect(&group.url()).await.unwrap_err();
+    assert_eq!(missing.kind(), StoreErrorKind::Refused, "{missing}");
 
     let unknown = RedisStore::connect(&format!("redis+sentinel://127.0.0.1:{port}/nosuchmaster"))
         .await
@@ -212,7 +226,7 @@ async fn sentinel_urls_and_settings_are_checked_at_connect() {
 
     let durability = RedisStore::builder()
         .durable_transitions(0, Duration::from_millis(10))
-        .connect(&group.url())
+        .connect(&with_password)
         .await
         .unwrap_err();
     assert_eq!(durability.kind(), StoreErrorKind::Config);
@@ -221,8 +235,8 @@ async fn sentinel_urls_and_settings_are_checked_at_connect() {
         "{durability}"
     );
 
-    // And a good URL works, reaching the primary.
-    let store = RedisStore::connect(&group.url()).await.unwrap();
+    // And a good URL works, reaching the primary with the node's password.
+    let store = RedisStore::connect(&with_password).await.unwrap();
     let name = BreakerName::new("checked").unwrap();
     let policy = Policy::default();
     let open = store

@@ -172,7 +172,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        // A server started with `--requirepass` is asked with its password.
+        if let Some(at) = self.extra.iter().position(|a| a == "--requirepass") {
+            cli.env("REDISCLI_AUTH", &self.extra[at + 1]);
+        }
+        let out = cli
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()

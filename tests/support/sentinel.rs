@@ -17,23 +17,33 @@ impl SentinelGroup {
     /// Waits until the replica is in sync and every sentinel knows the
     /// replica and the other two sentinels (so a failover can be voted).
     pub fn start() -> SentinelGroup {
+        SentinelGroup::start_with_password(None)
+    }
+
+    /// With `requirepass` on the primary and the replica (the sentinels are
+    /// told it with `auth-pass`).
+    pub fn start_with_password(password: Option<&str>) -> SentinelGroup {
         // Replicas sync at once, not after the default 5 s diskless delay.
-        let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
-        let replica = RedisServer::start_with(&[
-            "--replicaof",
-            "127.0.0.1",
-            &primary.port().to_string(),
-            "--repl-diskless-sync-delay",
-            "0",
-        ]);
+        let mut auth: Vec<&str> = vec!["--repl-diskless-sync-delay", "0"];
+        if let Some(password) = password {
+            auth.extend(["--requirepass", password, "--masterauth", password]);
+        }
+        let primary = RedisServer::start_with(&auth);
+        let port = primary.port().to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &port];
+        replica_args.extend(&auth);
+        let replica = RedisServer::start_with(&replica_args);
         wait_link_up(&replica);
-        let config = format!(
+        let mut config = format!(
             "bind 127.0.0.1\n\
              sentinel monitor {MASTER} 127.0.0.1 {} 2\n\
              sentinel down-after-milliseconds {MASTER} 500\n\
              sentinel failover-timeout {MASTER} 2000\n",
             primary.port()
         );
+        if let Some(password) = password {
+            config.push_str(&format!("sentinel auth-pass {MASTER} {password}\n"));
+        }
         let sentinels: Vec<RedisServer> = (0..3)
             .map(|_| RedisServer::start_sentinel(&config))
             .collect();
