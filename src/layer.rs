@@ -9,6 +9,7 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 
 use crate::store::Store;
+use crate::sync::hub::Hub;
 use crate::sync::replica::Replica;
 use crate::StoreFailure;
 use crate::{
@@ -109,7 +110,7 @@ impl DistributedCircuitBreakerLayer {
     pub fn with_store(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                replica: Replica::spawn(name, policy, store),
+                replica: Replica::spawn(name, policy, Hub::new(store)),
                 classifier: ErrorsAsFailures,
                 call_timeout: None,
                 rejection: Rejection::Fail,

@@ -581,7 +581,7 @@ async fn flushall_mid_outage_retrips_within_threshold_plus_instances() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restored_open_key_is_followed_within_two_sync_intervals() {
+async fn a_restored_open_key_is_followed_within_eleven_sync_intervals() {
     let redis = RedisServer::start();
     let dep = Dependency::new();
     let policy = Policy::builder()
@@ -617,7 +617,9 @@ async fn a_restored_open_key_is_followed_within_two_sync_intervals() {
     let restored_at = Instant::now();
     // Traffic at 100 calls/s per instance.
     let mut followed = vec![None; fleet.len()];
-    while restored_at.elapsed() < Duration::from_secs(4) && followed.iter().any(Option::is_none) {
+    // Nobody announced it: healthy closed breakers re-read every tenth
+    // interval (1 s by default).
+    while restored_at.elapsed() < Duration::from_secs(13) && followed.iter().any(Option::is_none) {
         for (n, i) in fleet.iter().enumerate() {
             let mut s = i.svc.clone();
             call(&mut s).await;
@@ -630,7 +632,7 @@ async fn a_restored_open_key_is_followed_within_two_sync_intervals() {
     println!("restored older open state: followed after {followed:?}");
     assert!(followed
         .iter()
-        .all(|f| f.is_some_and(|d| d < Duration::from_millis(2500))));
+        .all(|f| f.is_some_and(|d| d < Duration::from_millis(11_500))));
 }
 
 // ---------------------------------------------------------------------------

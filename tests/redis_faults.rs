@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use distributed_circuit_breaker::{State, StoreFailure};
 use support::dependency::Dependency;
-use support::fleet::{drive_until, wait_until, Call, Instance, BREAK, LEASE, THRESHOLD};
+use support::fleet::{
+    call_until, drive_until, wait_until, Call, Instance, BREAK, LEASE, THRESHOLD,
+};
 use support::proxy::FaultProxy;
 use support::redis::RedisServer;
 
@@ -38,7 +40,7 @@ async fn killed_then_restarted_redis() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    wait_until(&fleet, "every instance noticed", |i| {
+    call_until(&fleet, "every instance noticed", |i| {
         i.breaker.is_degraded()
     })
     .await;
@@ -115,7 +117,7 @@ async fn slow_blackholed_reset_and_partitioned_redis() {
         assert_eq!(direct.call().await, Call::Ok);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    wait_until(&both[..1], "the slow side degraded", |i| {
+    call_until(&both[..1], "the slow side degraded", |i| {
         i.breaker.is_degraded()
     })
     .await;
@@ -189,7 +191,7 @@ async fn garbage_in_redis_is_survived() {
 
     // Overwritten with a string: WRONGTYPE. Left alone, reported, decided locally.
     redis.cli(&["SET", key, "not a hash"]);
-    wait_until(&fleet, "degraded on WRONGTYPE", |i| i.breaker.is_degraded()).await;
+    call_until(&fleet, "degraded on WRONGTYPE", |i| i.breaker.is_degraded()).await;
     for i in &fleet {
         assert_eq!(i.call().await, Call::Ok);
     }
@@ -205,11 +207,12 @@ async fn garbage_in_redis_is_survived() {
     // newer generation.
     let generation = fleet[0].breaker.snapshot().generation;
     redis.cli(&["HSET", key, "st", "banana", "g", "-3"]);
-    for i in &fleet {
-        assert_eq!(i.call().await, Call::Ok); // its outcome goes to the store
-    }
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(redis.cli(&["HGET", key, "st"]), "0");
+    // Healthy calls re-read the shared state every tenth interval; the read
+    // repairs it.
+    call_until(&fleet, "repaired", |_| {
+        redis.cli(&["HGET", key, "st"]) == "0"
+    })
+    .await;
     for i in &fleet {
         assert_eq!(i.call().await, Call::Ok);
         assert!(i.breaker.snapshot().generation > generation);
@@ -217,15 +220,14 @@ async fn garbage_in_redis_is_survived() {
     }
     redis.cli(&["HSET", key, "st", "9"]);
     redis.cli(&["HSET", key, "w", "1:2:x"]);
-    for i in &fleet {
-        assert_eq!(i.call().await, Call::Ok);
-    }
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(redis.cli(&["HGET", key, "st"]), "0");
+    call_until(&fleet, "repaired again", |_| {
+        redis.cli(&["HGET", key, "st"]) == "0"
+    })
+    .await;
 
     // A newer schema version: refused and left alone.
     redis.cli(&["HSET", key, "v", "99"]);
-    wait_until(&fleet, "degraded on schema", |i| i.breaker.is_degraded()).await;
+    call_until(&fleet, "degraded on schema", |i| i.breaker.is_degraded()).await;
     assert_eq!(redis.cli(&["HGET", key, "v"]), "99");
     for i in &fleet {
         assert_eq!(i.call().await, Call::Ok);

@@ -116,10 +116,12 @@ impl<C: Clone> Registry<C> {
         // escaped, from a valid base); the base name is a fallback never taken.
         let name =
             BreakerName::new(breaker_name(base.as_str(), key)).unwrap_or_else(|_| base.clone());
+        // Every keyed breaker shares the base breaker's hub: one
+        // subscription for the whole layer.
         let replica = Replica::new(
             name,
             self.policies.policy_for(key).clone(),
-            self.store.clone(),
+            self.base.replica.hub.clone(),
         );
         replica.degraded.set_mode(self.failure_mode());
         let replica = Arc::new(replica);

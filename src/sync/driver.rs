@@ -8,13 +8,12 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::store::OutcomeBatch;
 use crate::sync::degraded::merge;
 use crate::sync::replica::Replica;
-use crate::{Snapshot, State, StoreEvent};
+use crate::{Snapshot, State};
 
 /// Early flushes (a failure, or a success that ended a run of failures) are
 /// spaced by a gap that starts at `FIRST_GAP` and doubles with each early
@@ -25,8 +24,10 @@ use crate::{Snapshot, State, StoreEvent};
 const FIRST_GAP: Duration = Duration::from_millis(2);
 const MAX_GAP_DIVISOR: u32 = 20;
 
-/// An idle closed breaker re-reads the shared state every this many ticks.
-const IDLE_REFRESH_TICKS: u32 = 10;
+/// A closed breaker with traffic but no failures re-reads the shared state
+/// every this many ticks (a backstop for changes nobody announced, like a
+/// restored key); one without traffic never does.
+const QUIET_REFRESH_TICKS: u32 = 10;
 
 /// While the store is unreachable, tries are spaced out up to this many ticks.
 const MAX_RETRY_TICKS: u32 = 8;
@@ -60,16 +61,15 @@ pub(crate) fn no_runtime(replica: &Replica) {
 enum Wake {
     Tick,
     Flush,
-    Event(Result<StoreEvent, RecvError>),
+    Mail,
 }
 
 async fn run(weak: Weak<Replica>) {
-    let (wake, mut events, sync) = match weak.upgrade() {
-        Some(r) => (
-            r.wake.clone(),
-            r.store.subscribe(),
-            r.policy.sync_interval(),
-        ),
+    let (wake, mail, sync) = match weak.upgrade() {
+        Some(r) => {
+            r.hub.join(&r);
+            (r.wake.clone(), r.mail.clone(), r.policy.sync_interval())
+        }
         None => return,
     };
     let mut tick = tokio::time::interval(sync);
@@ -77,8 +77,13 @@ async fn run(weak: Weak<Replica>) {
     let max_gap = (sync / MAX_GAP_DIVISOR).max(FIRST_GAP);
     let mut early_flushes = 0u32;
     let mut last_flush: Option<Instant> = None;
-    let mut events_open = true;
-    let mut idle_ticks = 0u32;
+    // An idle breaker does not tick: a call, a failure or an announcement
+    // wakes it.
+    let mut idle = false;
+    let mut quiet_ticks = 0u32;
+    // The first tick (at once) reads the shared state: what was announced
+    // before this replica joined its hub was not delivered to it.
+    let mut joined = true;
     // Ticks between tries while the store is unreachable, and ticks to go.
     let mut retry_wait = 1u32;
     let mut retry_in = 0u32;
@@ -88,8 +93,8 @@ async fn run(weak: Weak<Replica>) {
         // simulation seed replays exactly; announcements are rare and cheap.
         let why = tokio::select! {
             biased;
-            event = events.recv(), if events_open => Wake::Event(event),
-            _ = tick.tick() => Wake::Tick,
+            () = mail.notified() => Wake::Mail,
+            _ = tick.tick(), if !idle => Wake::Tick,
             () = wake.notified() => Wake::Flush,
         };
         let Some(replica) = weak.upgrade() else {
@@ -102,21 +107,27 @@ async fn run(weak: Weak<Replica>) {
                 decide_locally(&replica, replica.take_batch());
             }
             Wake::Tick => {
-                // A closed breaker without traffic relies on announcements and
-                // re-reads only every few ticks: idle breakers (many keys) cost
-                // the store little. A replica that never heard from the store
-                // asks at once.
-                idle_ticks += 1;
+                // A closed breaker without failures relies on announcements
+                // (and a resync whenever they may have been missed): idle
+                // breakers cost the store nothing. Any other state re-reads
+                // every tick; a replica that never heard from the store asks
+                // at once.
                 early_flushes = 0;
                 let current = replica.current();
-                let busy = replica.has_outcomes()
-                    || current.state != State::Closed
+                let busy = current.state != State::Closed
                     || current.generation == 0
                     || replica.is_local()
                     || replica.degraded.is_degraded();
-                let refresh = busy || idle_ticks >= IDLE_REFRESH_TICKS;
+                quiet_ticks = if busy { 0 } else { quiet_ticks + 1 };
+                let refresh =
+                    std::mem::take(&mut joined) || busy || quiet_ticks >= QUIET_REFRESH_TICKS;
                 if refresh {
-                    idle_ticks = 0;
+                    quiet_ticks = 0;
+                }
+                // No call since the last tick: sleep until one comes.
+                if !refresh && replica.fall_asleep() {
+                    idle = true;
+                    continue;
                 }
                 // While a degraded replica waits on the store, failures are
                 // still decided locally at once.
@@ -153,35 +164,38 @@ async fn run(weak: Weak<Replica>) {
                 }
                 sync_once(&replica, false).await;
             }
-            Wake::Event(Ok(StoreEvent::Transition(transition))) => {
-                // While degraded only our own connection's answers count. An
-                // announcement is a hint: anything but the next generation is
-                // checked by reading the shared state.
-                // The break counts from when the announcement arrived, however
-                // long it waited here.
-                let waited = transition.received.elapsed();
-                let snapshot = Snapshot {
-                    remaining: transition.snapshot.remaining.saturating_sub(waited),
-                    ..transition.snapshot
-                };
-                if transition.name != replica.name.as_str()
-                    || replica.degraded.is_degraded()
-                    || replica.apply_hint(snapshot)
-                {
+            Wake::Mail => {
+                let inbox = replica.take_mail();
+                let reread = inbox.resync
+                    || inbox
+                        .transition
+                        .is_some_and(|transition| !hinted(&replica, transition));
+                if !reread {
                     continue;
                 }
                 sync_once(&replica, true).await;
             }
-            Wake::Event(Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_))) => {
-                sync_once(&replica, true).await;
-            }
-            Wake::Event(Err(RecvError::Closed)) => {
-                events_open = false;
-                continue;
-            }
         }
         last_flush = Some(Instant::now());
+        // Anything but a quiet tick means activity: tick again.
+        if idle {
+            idle = false;
+            replica.wake_up();
+        }
     }
+}
+
+/// Applies an announcement if it is the next generation; `false` when the
+/// shared state must be read instead. While degraded only our own
+/// connection's answers count. The break counts from when the announcement
+/// arrived, however long it waited here.
+fn hinted(replica: &Replica, transition: crate::Transition) -> bool {
+    let waited = transition.received.elapsed();
+    let snapshot = Snapshot {
+        remaining: transition.snapshot.remaining.saturating_sub(waited),
+        ..transition.snapshot
+    };
+    replica.degraded.is_degraded() || replica.apply_hint(snapshot)
 }
 
 /// Waits until `until`, or less if something must be reported at once.
@@ -222,6 +236,12 @@ pub(crate) async fn sync_once(replica: &Replica, refresh: bool) -> bool {
         replica.degraded.take_backlog(replica.policy.window()),
         batch,
     );
+    // Healthy traffic under a runs-only policy: nothing the store needs.
+    let send = if replica.nothing_to_say(&send) {
+        OutcomeBatch::default()
+    } else {
+        send
+    };
     if send.is_empty() && !refresh {
         return true;
     }

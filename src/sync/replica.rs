@@ -20,9 +20,10 @@ use crate::machine::break_ms;
 use crate::rand::{instance_id, instance_id as lease_id, rand16};
 use crate::store::{OutcomeBatch, ProbeResult, Store};
 use crate::sync::degraded::{Degraded, StoreFailure};
+use crate::sync::hub::Hub;
 use crate::sync::local::{LocalWindow, Pending};
 use crate::sync::permit::{Admission, ProbePermit};
-use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State};
+use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State, Transition};
 
 /// Failures in a row a replica must see before its run counts toward the
 /// fleet's run: two, for thresholds of at least `CORROBORATED_FROM`; one for
@@ -64,6 +65,8 @@ struct Counters {
     run_broken: AtomicU64,
     /// How much of the current run the fleet's run already counted.
     counted: AtomicU32,
+    /// When the last failure was counted (0: never).
+    last_failure: AtomicU64,
     /// When the last batch was taken.
     taken: AtomicU64,
 }
@@ -73,6 +76,12 @@ pub(crate) struct Replica {
     pub(crate) name: BreakerName,
     pub(crate) policy: Policy,
     pub(crate) store: Arc<dyn Store>,
+    /// Routes the store's announcements to this replica.
+    pub(crate) hub: Arc<Hub>,
+    /// Announcements for this replica, waiting for its driver.
+    inbox: Mutex<Inbox>,
+    /// Wakes the driver when the inbox has mail.
+    pub(crate) mail: Arc<Notify>,
     /// `state code | generation << STATE_BITS`.
     snapshot: AtomicU64,
     /// When the current rejection ends, in nanoseconds since `epoch`.
@@ -104,6 +113,8 @@ pub(crate) struct Replica {
     adopted_at: AtomicU64,
     /// A probe-permit request to the store is in flight from this process.
     probing: AtomicBool,
+    /// The driver sleeps without ticking until a call wakes it.
+    asleep: AtomicBool,
     /// Wakes the driver for an early flush (a failure was counted).
     pub(crate) wake: Arc<Notify>,
     driver_started: AtomicBool,
@@ -113,12 +124,32 @@ pub(crate) struct Replica {
     pub(crate) degraded: Degraded,
 }
 
+/// What the hub delivered and the driver has not handled yet.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    /// The latest transition announced for this breaker.
+    pub(crate) transition: Option<Transition>,
+    /// Announcements may have been missed: re-read the shared state.
+    pub(crate) resync: bool,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.hub.leave(&self.name);
+        // A sleeping driver would never look again: let it see we are gone.
+        self.wake.notify_one();
+    }
+}
+
 impl Replica {
-    pub(crate) fn new(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(name: BreakerName, policy: Policy, hub: Arc<Hub>) -> Self {
         Replica {
             name,
             policy,
-            store,
+            store: hub.store.clone(),
+            hub,
+            inbox: Mutex::new(Inbox::default()),
+            mail: Arc::new(Notify::new()),
             snapshot: AtomicU64::new(pack(Snapshot::INITIAL.state, 0, false)),
             deadline: AtomicU64::new(0),
             writer: Mutex::new(()),
@@ -134,6 +165,7 @@ impl Replica {
             issued: AtomicU64::new(0),
             adopted_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             driver_started: AtomicBool::new(false),
             no_runtime_logged: AtomicBool::new(false),
@@ -144,8 +176,8 @@ impl Replica {
     /// A replica whose background task starts now (when a tokio runtime is at
     /// hand; otherwise on the first call), so it reads the shared state before
     /// its first call needs it.
-    pub(crate) fn spawn(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Arc<Self> {
-        let replica = Arc::new(Self::new(name, policy, store));
+    pub(crate) fn spawn(name: BreakerName, policy: Policy, hub: Arc<Hub>) -> Arc<Self> {
+        let replica = Arc::new(Self::new(name, policy, hub));
         crate::sync::driver::start(&replica);
         replica
     }
@@ -232,7 +264,10 @@ impl Replica {
         match outcome {
             Outcome::Ignore => return,
             Outcome::Success => {
-                c.successes.fetch_add(1, Ordering::Relaxed);
+                c.successes.fetch_add(1, Ordering::SeqCst);
+                if self.asleep.load(Ordering::SeqCst) {
+                    self.rouse();
+                }
                 if c.run.load(Ordering::Relaxed) != 0 {
                     self.success_after_failure();
                 }
@@ -303,8 +338,10 @@ impl Replica {
     #[cold]
     fn failed(&self, run: u32) {
         let c = &self.counters;
+        let now = self.now_nanos();
+        c.last_failure.store(now, Ordering::Relaxed);
         if run == 1 {
-            c.run_started.store(self.now_nanos(), Ordering::Relaxed);
+            c.run_started.store(now, Ordering::Relaxed);
         }
         let p = self.policy.params();
         if p.consecutive > 0 && run >= p.consecutive {
@@ -375,12 +412,100 @@ impl Replica {
         self.snapshot.load(Ordering::Acquire) & LOCAL != 0
     }
 
-    /// Whether outcomes (or a local trip) wait to be handed to the store.
-    pub(crate) fn has_outcomes(&self) -> bool {
-        let c = &self.counters;
-        c.successes.load(Ordering::Relaxed) != 0
-            || c.failures.load(Ordering::Relaxed) != 0
-            || self.trip_pending.load(Ordering::Relaxed)
+    /// Hands an announcement to the driver (called by the hub).
+    pub(crate) fn deliver(&self, transition: Transition) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .transition = Some(transition);
+        self.mail.notify_one();
+    }
+
+    /// Tells the driver to re-read the shared state (called by the hub).
+    pub(crate) fn deliver_resync(&self) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .resync = true;
+        self.mail.notify_one();
+    }
+
+    /// What the hub delivered since the last call.
+    pub(crate) fn take_mail(&self) -> Inbox {
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The policy judges failures alone (no rate rule): successes matter to
+    /// the store only to end runs of failures.
+    fn counts_runs_only(&self) -> bool {
+        let p = self.policy.params();
+        !p.failure.is_on() && !p.slow.is_on()
+    }
+
+    /// This replica counted a failure within the last window.
+    fn failed_lately(&self) -> bool {
+        let last = self.counters.last_failure.load(Ordering::Relaxed);
+        let window = u64::try_from(self.policy.window().as_nanos()).unwrap_or(u64::MAX);
+        last != 0 && self.now_nanos().saturating_sub(last) < window
+    }
+
+    /// Puts the driver to sleep if the breaker is idle: closed, in step with
+    /// the store, no call since the last batch, nothing waiting, under a
+    /// policy that needs no successes reported, and no failure within the
+    /// window. An idle breaker costs neither the store nor this process
+    /// anything; its next call wakes the driver ([`Self::record`]).
+    pub(crate) fn fall_asleep(&self) -> bool {
+        if !self.is_idle() {
+            return false;
+        }
+        self.asleep.store(true, Ordering::SeqCst);
+        // A call that counted before it could see the flag wakes us now.
+        if self.counters.successes.load(Ordering::SeqCst) != 0 {
+            self.asleep.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The driver ticks again.
+    pub(crate) fn wake_up(&self) {
+        self.asleep.store(false, Ordering::Relaxed);
+    }
+
+    /// The first call after the driver fell asleep wakes it.
+    #[cold]
+    fn rouse(&self) {
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        state == State::Closed
+            && generation != 0
+            && !self.is_local()
+            && !self.degraded.is_degraded()
+            && self.counts_runs_only()
+            && self.counters.failures.load(Ordering::Relaxed) == 0
+            && self.counters.successes.load(Ordering::Relaxed) == 0
+            && !self.trip_pending.load(Ordering::Relaxed)
+            && !self.break_pending.load(Ordering::Relaxed)
+            && !self.failed_lately()
+    }
+
+    /// A batch the store does not need: successes only, under a policy that
+    /// counts runs only, from a replica that has not failed within the
+    /// window (its successes end no run it took part in). Dropped instead
+    /// of sent, so healthy traffic costs the store nothing.
+    pub(crate) fn nothing_to_say(&self, batch: &OutcomeBatch) -> bool {
+        batch.failures == 0
+            && batch.slow == 0
+            && batch.trailing_failures == 0
+            && !batch.tripped
+            && batch.generation != 0
+            && self.counts_runs_only()
+            && !self.failed_lately()
     }
 
     /// Whether something waits to be reported at once, without the gap

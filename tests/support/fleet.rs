@@ -124,6 +124,25 @@ pub async fn wait_until(instances: &[Instance], what: &str, done: impl Fn(&Insta
     panic!("never reached: {what}; (state, degraded) = {states:?}");
 }
 
+/// Calls every instance (a healthy breaker without calls does not talk to
+/// its store, so it notices nothing) until `done` holds for each.
+pub async fn call_until(instances: &[Instance], what: &str, done: impl Fn(&Instance) -> bool) {
+    for _ in 0..600 {
+        if instances.iter().all(&done) {
+            return;
+        }
+        for i in instances {
+            i.call().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let states: Vec<_> = instances
+        .iter()
+        .map(|i| (i.state(), i.breaker.is_degraded()))
+        .collect();
+    panic!("never reached: {what}; (state, degraded) = {states:?}");
+}
+
 /// Calls from every instance until each has seen `state`.
 pub async fn drive_until(instances: &[Instance], state: State) {
     for _ in 0..600 {
