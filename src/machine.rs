@@ -72,7 +72,39 @@ pub(crate) struct Machine {
     pub(crate) policy: u64,
 }
 
+/// The generation of a breaker the store does not hold: closed, with nothing
+/// counted. Stores create no record for it until something worth keeping
+/// happens (see [`Machine::worth_keeping`]), and every process agrees on it
+/// without asking anyone to write.
+pub(crate) const IMPLICIT_GENERATION: u64 = 1;
+
 impl Machine {
+    /// A breaker the store does not hold (see [`IMPLICIT_GENERATION`]).
+    pub(crate) fn implicit() -> Self {
+        Machine {
+            generation: IMPLICIT_GENERATION,
+            ..Machine::new(0)
+        }
+    }
+
+    /// Whether a store must keep a record of this breaker: anything but a
+    /// closed breaker of the implicit generation with no failure, run, trip
+    /// or lease counted, and (under a rate rule, where successes count) no
+    /// call counted at all.
+    pub(crate) fn worth_keeping(&self, p: &Params) -> bool {
+        let rates = p.failure.is_on() || p.slow.is_on();
+        self.state != State::Closed
+            || self.generation != IMPLICIT_GENERATION
+            || self.consecutive != 0
+            || !self.failing.is_empty()
+            || !self.tripped.is_empty()
+            || !self.leases.is_empty()
+            || self
+                .buckets
+                .iter()
+                .any(|b| b.failures != 0 || b.slow != 0 || (rates && b.calls != 0))
+    }
+
     /// A closed breaker. Its generation starts at the current time so that a
     /// breaker re-created after the store lost its data (restart, flush) is
     /// still newer than anything a process remembers of the old one.
@@ -144,7 +176,7 @@ impl Machine {
             State::ForcedOpen | State::ForcedClosed | State::Disabled
         );
         if forced && self.forced_until != 0 && now >= self.forced_until {
-            self.close();
+            self.close(now);
         }
     }
 
@@ -164,7 +196,12 @@ impl Machine {
     ) -> Option<u64> {
         self.expire(now);
         let other = self.note_policy(p);
-        if batch.generation != self.generation && batch.generation != 0 {
+        if batch.generation != self.generation
+            && batch.generation != 0
+            // A breaker that never left its implicit generation holds only
+            // closed-state counts: a batch of an earlier life counts too.
+            && self.generation != IMPLICIT_GENERATION
+        {
             return other;
         }
         match self.state {
@@ -190,7 +227,7 @@ impl Machine {
     pub(crate) fn acquire(&mut self, p: &Params, now: u64, lease: u64) -> Acquired {
         self.expire(now);
         if self.state == State::Open && now >= self.open_until {
-            self.transition(State::HalfOpen);
+            self.transition(State::HalfOpen, now);
         }
         let mut granted = None;
         if self.state == State::HalfOpen {
@@ -244,7 +281,7 @@ impl Machine {
                 self.probe_successes += 1;
                 if self.probe_successes >= p.successes {
                     self.opens = 0;
-                    self.close();
+                    self.close(now);
                 }
             }
             ProbeResult::Cancelled => {}
@@ -257,12 +294,12 @@ impl Machine {
         let (state, duration) = match force {
             Force::Reset => {
                 self.opens = 0;
-                self.close();
+                self.close(now);
                 return;
             }
             Force::OpenThenProbe(d) => {
                 // An ordinary break of the operator's length: half-open after.
-                self.transition(State::Open);
+                self.transition(State::Open, now);
                 self.open_until = now.saturating_add(force_ms(d));
                 return;
             }
@@ -273,7 +310,7 @@ impl Machine {
         // Forcing the state a breaker is in changes only its expiry: no
         // transition, nothing announced.
         if self.state != state {
-            self.transition(state);
+            self.transition(state, now);
         }
         self.forced_until = duration.map_or(0, |d| now.saturating_add(force_ms(d)));
     }
@@ -428,19 +465,26 @@ impl Machine {
     }
 
     fn open(&mut self, p: &Params, now: u64, rand16: u32) {
-        self.transition(State::Open);
+        self.transition(State::Open, now);
         self.opens = self.opens.saturating_add(1);
         self.open_until = now + break_ms(p, self.opens, rand16);
     }
 
-    fn close(&mut self) {
-        self.transition(State::Closed);
+    fn close(&mut self, now: u64) {
+        self.transition(State::Closed, now);
     }
 
     /// Every transition bumps the generation and starts the new state clean.
-    fn transition(&mut self, state: State) {
+    /// The first transition of a breaker the store did not hold jumps to
+    /// the current time: newer than anything a process may remember of an
+    /// earlier life of the same breaker (before a flush or an expiry).
+    fn transition(&mut self, state: State, now: u64) {
         self.state = state;
-        self.generation += 1;
+        self.generation = if self.generation == IMPLICIT_GENERATION {
+            self.generation.max(now) + 1
+        } else {
+            self.generation + 1
+        };
         self.consecutive = 0;
         self.run_start = 0;
         self.last_success = 0;

@@ -72,6 +72,40 @@ async fn conformance(store: Arc<dyn Store>) {
         "reads do not move it"
     );
 
+    // A breaker nobody wrote is the implicit one, every process agrees on
+    // its generation, and reading it writes nothing.
+    assert_eq!(s0.generation, 1);
+    assert!(store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .all(|(n, _)| n != a.as_str()));
+    // Healthy traffic (successes only, no rate rule) keeps nothing either.
+    let healthy = OutcomeBatch {
+        generation: s0.generation,
+        successes: 100,
+        ..OutcomeBatch::default()
+    };
+    assert_eq!(store.record(&a, &p, healthy).await.unwrap(), s0);
+    assert!(store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .all(|(n, _)| n != a.as_str()));
+
+    // Its first transition takes a generation of its own, newer than any
+    // earlier life of the key.
+    let s0 = store.force(&a, &p, Force::Reset).await.unwrap();
+    assert_eq!(s0.state, State::Closed);
+    assert!(s0.generation > 1_000_000_000_000, "{s0:?}");
+    let t = next_transition(&mut events, "conformance-a").await;
+    assert_eq!(
+        t.snapshot.generation, s0.generation,
+        "the reset is announced"
+    );
+
     // Batches accumulate; a stale generation is dropped.
     let s = store
         .record(&a, &p, failures(s0.generation, 2))
@@ -219,21 +253,29 @@ async fn redis_store_conforms() {
     conformance(Arc::new(store.clone())).await;
     let listed = store.list().await.unwrap();
     assert!(listed.iter().any(|(n, _)| n == "conformance-a"));
-    assert!(listed.iter().any(|(n, _)| n == "conformance-b"));
+    assert!(
+        !listed.iter().any(|(n, _)| n == "conformance-b"),
+        "only read: no record"
+    );
 
     // A read that changes nothing writes nothing (it could run on a replica,
-    // and idle breakers cost no writes).
+    // and idle breakers cost no writes), held or not.
     let p = policy();
     let n = name("conformance-read-only");
-    store.snapshot(&n, &p).await.unwrap(); // creates it: one write
-    let writes = redis.command_calls("hset") + redis.command_calls("pexpire");
+    let writes = || redis.command_calls("hset") + redis.command_calls("pexpire");
+    let before = writes();
+    store.snapshot(&n, &p).await.unwrap();
+    assert_eq!(
+        writes(),
+        before,
+        "reading a breaker nobody wrote creates nothing"
+    );
+    store.force(&n, &p, Force::Reset).await.unwrap(); // a record: one write
+    let before = writes();
     for _ in 0..5 {
         store.snapshot(&n, &p).await.unwrap();
     }
-    assert_eq!(
-        redis.command_calls("hset") + redis.command_calls("pexpire"),
-        writes
-    );
+    assert_eq!(writes(), before);
 }
 
 #[tokio::test]
@@ -247,7 +289,7 @@ async fn redis_cluster_store_conforms() {
     let p = policy();
     let names: Vec<String> = (0..30).map(|i| format!("listed-{i}")).collect();
     for n in &names {
-        store.snapshot(&name(n), &p).await.unwrap();
+        store.force(&name(n), &p, Force::Reset).await.unwrap();
     }
     let listed: Vec<String> = store
         .list()
@@ -285,8 +327,8 @@ async fn prefixes_never_see_each_other() {
     assert_eq!(one.key(&n), "one:{shared-name}");
     let keys = redis.cli(&["KEYS", "*"]);
     assert!(
-        keys.contains("one:{shared-name}") && keys.contains("two:{shared-name}"),
-        "{keys}"
+        keys.contains("one:{shared-name}") && !keys.contains("two:{shared-name}"),
+        "only the breaker that opened has a record: {keys}"
     );
     assert_eq!(
         redis.cli(&["HGET", "one:{shared-name}", "v"]),

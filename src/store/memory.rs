@@ -131,20 +131,42 @@ impl MemoryStore {
         if breakers.operations % SWEEP_EVERY == 0 {
             breakers.map.retain(|_, entry| entry.expires_at > now);
         }
-        let entry = breakers.map.entry(name.clone()).or_insert_with(|| Entry {
-            machine: Machine::new(now),
-            expires_at: 0,
-        });
-        let created = entry.expires_at == 0 || entry.expires_at <= now;
-        if entry.expires_at != 0 && entry.expires_at <= now {
-            entry.machine = Machine::new(now);
+        if breakers
+            .map
+            .get(name)
+            .is_some_and(|entry| entry.expires_at <= now)
+        {
+            breakers.map.remove(name);
         }
-        let before = entry.machine.generation;
-        let out = op(&mut entry.machine, params, now);
-        if writes || created || entry.machine.generation != before {
-            entry.expires_at = entry.machine.keep_until(params, now);
-        }
-        let snapshot = entry.machine.snapshot(params, now);
+        let (out, before, snapshot) = match breakers.map.get_mut(name) {
+            Some(entry) => {
+                let before = entry.machine.generation;
+                let out = op(&mut entry.machine, params, now);
+                if writes || entry.machine.generation != before {
+                    entry.expires_at = entry.machine.keep_until(params, now);
+                }
+                (out, before, entry.machine.snapshot(params, now))
+            }
+            None => {
+                // Not held: the implicit breaker, kept only once something
+                // worth keeping happened to it.
+                let mut machine = Machine::implicit();
+                let before = machine.generation;
+                let out = op(&mut machine, params, now);
+                let snapshot = machine.snapshot(params, now);
+                if machine.worth_keeping(params) {
+                    let expires_at = machine.keep_until(params, now);
+                    breakers.map.insert(
+                        name.clone(),
+                        Entry {
+                            machine,
+                            expires_at,
+                        },
+                    );
+                }
+                (out, before, snapshot)
+            }
+        };
         if snapshot.generation != before {
             // No receiver is fine: nobody subscribed yet.
             let _ = self.inner.events.send(StoreEvent::Transition(Transition {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::machine::break_ms;
+use crate::machine::{break_ms, IMPLICIT_GENERATION};
 use crate::rand::{instance_id, instance_id as lease_id, rand16};
 use crate::store::{OutcomeBatch, ProbeResult, Store};
 use crate::sync::degraded::{Degraded, StoreFailure};
@@ -682,13 +682,19 @@ impl Replica {
         if ticket <= self.adopted_at.load(Ordering::Acquire) {
             return;
         }
-        tracing::warn!(
-            breaker = %self.name,
-            held = generation,
-            store = snapshot.generation,
-            state = %snapshot.state,
-            "the store's generation went back (failover, restore or re-created key); following the store"
-        );
+        if snapshot.generation == IMPLICIT_GENERATION {
+            // The store's record of a closed breaker expired (`key_ttl`
+            // without a write) or was deleted.
+            tracing::debug!(breaker = %self.name, held = generation, "the store no longer holds this breaker; following it");
+        } else {
+            tracing::warn!(
+                breaker = %self.name,
+                held = generation,
+                store = snapshot.generation,
+                state = %snapshot.state,
+                "the store's generation went back (failover, restore or re-created key); following the store"
+            );
+        }
         self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
         self.discard_outcomes();
     }
@@ -699,6 +705,9 @@ impl Replica {
     /// re-reads the shared state instead.
     pub(crate) fn apply_hint(&self, snapshot: Snapshot) -> bool {
         let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        // (The first transition of a breaker the store did not hold jumps
+        // from the implicit generation to the time it happened: a gap, so
+        // it is read, never taken on an announcement's word.)
         if snapshot.generation == generation.saturating_add(1) && generation != 0 {
             self.apply(snapshot);
             return true;

@@ -43,14 +43,18 @@ fn lua_scripts_match_the_rust_machine() {
         let s = &store;
         let scripts = &store.inner.scripts;
         let mut now = 1_700_000_000_000u64 + n * 10_000_000;
-        let mut machine = Machine::new(now);
+        // What the store holds: nothing until something worth keeping
+        // happens (the implicit breaker meanwhile), as in MemoryStore.
+        let mut held: Option<Machine> = None;
         let mut granted: Vec<(u64, u64)> = vec![];
         let mut asked: Vec<u64> = vec![];
         let mut next_id = 0u64;
-        // Create the breaker at `now` in both.
+        // A breaker nobody wrote reads as the implicit one in both.
         let first = rt.block_on(s.run_with(&scripts.read, &name, &p, &[], now, 0)).unwrap();
-        prop_assert_eq!(first.snapshot, machine.snapshot(&p, now));
+        prop_assert_eq!(first.snapshot, Machine::implicit().snapshot(&p, now));
         for (op, rand16) in ops {
+            let existed = held.is_some();
+            let mut machine = held.take().unwrap_or_else(Machine::implicit);
             let reply = match op {
                 Op::Record { stale, successes, failures, slow, trailing, success_age, run_age, instance, tripped, counted_age } => {
                     let generation = match (stale, successes % 3) {
@@ -83,7 +87,12 @@ fn lua_scripts_match_the_rust_machine() {
                     got
                 }
                 Op::Release { pick, result, stale, blind } => {
-                    let Some(&(generation, lease)) = granted.get(pick) else { continue };
+                    let Some(&(generation, lease)) = granted.get(pick) else {
+                        if existed {
+                            held = Some(machine);
+                        }
+                        continue;
+                    };
                     let generation = if blind { 0 } else { generation - u64::from(stale) };
                     let r = [ProbeResult::Success, ProbeResult::Failure, ProbeResult::Cancelled][result as usize];
                     machine.release(&p, now, generation, lease, r, rand16);
@@ -105,6 +114,14 @@ fn lua_scripts_match_the_rust_machine() {
             };
             prop_assert!(!reply.reset, "the scripts never see corrupt data here");
             prop_assert_eq!(reply.snapshot, machine.snapshot(&p, now));
+            let stored: bool = rt.block_on(async {
+                let mut c = s.inner.connection.clone();
+                c.query::<bool>(redis::cmd("EXISTS").arg(s.key(&name)).clone()).await
+            }).unwrap();
+            if existed || machine.worth_keeping(&p) {
+                held = Some(machine);
+            }
+            prop_assert_eq!(stored, held.is_some(), "a record exactly when worth keeping");
         }
     });
 }

@@ -27,6 +27,8 @@ end
 
 local SCHEMA = 1
 local CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, FORCED_CLOSED, DISABLED = 0, 1, 2, 3, 4, 5
+-- The generation of a breaker Redis does not hold (machine.rs: IMPLICIT_GENERATION).
+local IMPLICIT = 1
 
 -- Numbers go to Redis through string.format: tostring would write 1.7e+12.
 local function int(n)
@@ -42,7 +44,8 @@ local function valid_int(n, min, max)
   return n ~= nil and n == n and n >= min and n <= max and n == math.floor(n)
 end
 
--- Loads the breaker; a missing one is created closed. Unreadable data is
+-- Loads the breaker; a missing one is the implicit closed breaker, saved only
+-- once something worth keeping happens to it (see worth_keeping). Unreadable data is
 -- replaced by a fresh closed breaker (second result true) whose generation is
 -- still newer than the old one where that could be read.
 local missing = false
@@ -50,7 +53,7 @@ local function load()
   local kind = redis.call('TYPE', key)['ok']
   if kind == 'none' then
     missing = true
-    return fresh(now + 1), false
+    return fresh(IMPLICIT), false
   end
   if kind ~= 'hash' then
     error({ err = 'DCB_CORRUPT key ' .. key .. ' holds a ' .. kind .. ', not a breaker hash' })
@@ -172,7 +175,9 @@ end
 
 local function transition(m, state)
   m.st = state
-  m.g = m.g + 1
+  -- The first transition of a breaker Redis did not hold jumps to now: newer
+  -- than anything a process remembers of an earlier life of the key.
+  if m.g == IMPLICIT then m.g = math.max(m.g, now) + 1 else m.g = m.g + 1 end
   m.cf = 0
   m.rs = 0
   m.sa = 0
@@ -333,8 +338,22 @@ end
 
 -- Saves, announces a transition, and answers
 -- {state, generation, remaining, lease, reset, other policy}.
+-- Mirrors Machine::worth_keeping.
+local function worth_keeping(m)
+  if m.st ~= CLOSED or m.g ~= IMPLICIT or m.cf ~= 0 or #m.fi > 0 or #m.tr > 0 or #m.leases > 0 then
+    return true
+  end
+  local rates = P.failure_num > 0 or P.slow_num > 0
+  for _, b in ipairs(m.w) do
+    if b[3] ~= 0 or b[4] ~= 0 or (rates and b[2] ~= 0) then return true end
+  end
+  return false
+end
+
 local function finish(m, before, reset, lease)
-  save(m)
+  if not missing or worth_keeping(m) then
+    save(m)
+  end
   local rem = remaining(m)
   local unannounced = 0
   if m.g ~= before then

@@ -9,7 +9,7 @@ local b = {
 }
 if m.pf ~= 0 and m.pf ~= P.fingerprint then other_policy = m.pf end
 m.pf = P.fingerprint
-if generation == m.g or generation == 0 then
+if generation == m.g or generation == 0 or m.g == IMPLICIT then
   if m.st == CLOSED then
     count(m, b)
     if should_trip(m, b.tripped) then open(m) end
