@@ -80,7 +80,7 @@ impl RedisStoreBuilder {
     /// let builder = RedisStore::builder().durable_transitions(1, Duration::from_millis(20));
     /// ```
     pub fn durable_transitions(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.durability = Some(Durability { replicas, timeout });
+        self.durability = Some(Durability::new(replicas, timeout));
         self
     }
 
@@ -208,13 +208,8 @@ impl RedisStoreBuilder {
                 format!("invalid `prefix` {p:?}: 1 to {MAX_PREFIX_LEN} characters, no braces, spaces or control characters"),
             ));
         }
-        if let Some(d) = self.durability {
-            if d.replicas == 0 || d.timeout.is_zero() {
-                return Err(StoreError::new(
-                    StoreErrorKind::Config,
-                    format!("invalid `durable_transitions`: {} replicas within {:?}; both must be above zero", d.replicas, d.timeout),
-                ));
-            }
+        if let Some(d) = &self.durability {
+            d.check()?;
         }
         Ok(())
     }
@@ -246,7 +241,7 @@ impl RedisStoreBuilder {
                 events,
                 conflicts: PolicyConflicts::default(),
                 subscriber,
-                durability: self.durability,
+                durability: self.durability.map(super::durability::Durable::new),
             }),
         };
         // Prove now that this user may run what the store needs (SCRIPT LOAD,

@@ -53,12 +53,19 @@ pub(super) async fn subscribe_forever(
             Endpoints::Primary(primary) => primary.client(),
         };
         attempt += 1;
-        let connected = tokio::time::timeout(connect_timeout, async {
+        let subscribe = tokio::time::timeout(connect_timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await;
+        });
+        // A new primary while connecting to the old one: go there at once.
+        let connected = tokio::select! {
+            connected = subscribe => connected,
+            _ = switched(&mut switches) => {
+                backoff = MIN_BACKOFF;
+                continue;
+            }
+        };
         match connected {
             Ok(Ok(mut pubsub)) => {
                 if !healthy {
@@ -109,8 +116,11 @@ pub(super) async fn subscribe_forever(
             }
         }
         healthy = false;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            // A new primary ends the backoff.
+            _ = switched(&mut switches) => backoff = MIN_BACKOFF,
+        }
     }
 }
 

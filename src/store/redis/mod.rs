@@ -2,6 +2,7 @@
 //! transitions announced on pub/sub. Works on a single node and on Redis Cluster.
 
 mod builder;
+mod durability;
 mod error;
 mod events;
 mod runner;
@@ -19,6 +20,7 @@ use redis::cluster_async::ClusterConnection;
 use tokio::sync::broadcast;
 
 pub use self::builder::RedisStoreBuilder;
+use self::durability::Durability;
 use self::error::map_error;
 use self::scripts::Scripts;
 use super::{
@@ -65,14 +67,7 @@ struct Inner {
     events: broadcast::Sender<StoreEvent>,
     conflicts: PolicyConflicts,
     subscriber: tokio::task::AbortHandle,
-    durability: Option<Durability>,
-}
-
-/// Wait for this many replicas after every transition (`WAIT`).
-#[derive(Debug, Clone, Copy)]
-struct Durability {
-    replicas: u32,
-    timeout: Duration,
+    durability: Option<durability::Durable>,
 }
 
 impl Drop for Inner {

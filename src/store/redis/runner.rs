@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::error::map_error;
-use super::{events, Connection, Durability, RedisStore};
+use super::{events, Connection, RedisStore};
 use crate::policy::Params;
 use crate::rand::rand16;
 use crate::store::{BreakerName, StoreError, StoreErrorKind};
@@ -71,47 +71,11 @@ impl RedisStore {
             .run_with(script, name, policy.params(), args, now, rand16())
             .await?;
         if reply.transitioned {
-            if let Some(durability) = self.inner.durability {
-                self.replicate(name, durability, policy.store_timeout())
-                    .await;
+            if let Some(durable) = &self.inner.durability {
+                self.replicate(name, durable, policy.store_timeout()).await;
             }
         }
         Ok(reply)
-    }
-
-    /// Waits (`WAIT`) until `durability.replicas` replicas hold the
-    /// transition just made, at most the shorter of its timeout and half the
-    /// `store_timeout` (the transition is saved either way; a store call must
-    /// not time out because a replica is slow).
-    async fn replicate(&self, name: &BreakerName, durability: Durability, store_timeout: Duration) {
-        let budget = durability.timeout.min(store_timeout / 2);
-        // WAIT 0 would block forever.
-        let millis = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(durability.replicas).arg(millis);
-        // WAIT counts the writes of the connection it is sent on: the one
-        // that ran the script (on a cluster, the connection to the key's node).
-        let acked: Result<u64, StoreError> = match &self.inner.connection {
-            Connection::Cluster(c) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = Route::with_key(self.key(name), SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                match c.clone().route_command(wait, routing).await {
-                    Ok(value) => redis::from_redis_value(value).map_err(super::corrupt),
-                    Err(error) => Err(map_error(error)),
-                }
-            }
-            other => other.clone().query(wait).await,
-        };
-        match acked {
-            Ok(n) if n >= u64::from(durability.replicas) => {}
-            Ok(n) => {
-                tracing::warn!(breaker = %name, acked = n, wanted = durability.replicas, waited = ?budget, "a transition reached fewer replicas than asked; a failover now could lose it")
-            }
-            Err(error) => {
-                tracing::warn!(breaker = %name, %error, "could not wait for replicas to hold a transition")
-            }
-        }
     }
 
     pub(super) async fn run_with(

@@ -105,6 +105,12 @@ impl SentinelUrl {
     }
 
     fn node_url(&self, (host, port): &(String, u16)) -> String {
+        // An IPv6 address goes in brackets.
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
         format!(
             "{}://{}{host}:{port}/{}",
             self.scheme, self.userinfo, self.db
@@ -271,7 +277,9 @@ async fn poll(primary: Weak<Primary>) {
     }
 }
 
-/// The primary's address, from the first sentinel that knows it.
+/// The primary's address: asked of the sentinel that answered last, else of
+/// every sentinel at once (the first to know it wins, so sentinels that hang
+/// cost nothing while others answer).
 async fn locate(
     url: &SentinelUrl,
     builder: &RedisStoreBuilder,
@@ -279,55 +287,60 @@ async fn locate(
 ) -> Result<(String, u16), StoreError> {
     let mut cached = cached.lock().await;
     let timeout = builder.connect_timeout;
-    let ask = |mut connection: MultiplexedConnection| async move {
-        let mut cmd = redis::cmd("SENTINEL");
-        cmd.arg("get-master-addr-by-name").arg(&url.master);
-        let reply = tokio::time::timeout(timeout, cmd.query_async(&mut connection)).await;
-        let address: Option<(String, u16)> = reply
-            .map_err(|_| unavailable_after(timeout))?
-            .map_err(map_error)?;
-        Ok::<_, StoreError>((connection, address))
-    };
     if let Some(connection) = cached.take() {
-        if let Ok((connection, Some(address))) = ask(connection).await {
+        if let Ok((connection, Some(address))) = ask(connection, &url.master, timeout).await {
             *cached = Some(connection);
             return Ok(address);
         }
     }
-    let mut last = StoreError::new(StoreErrorKind::Unavailable, "no sentinel answered");
+    let mut asking = tokio::task::JoinSet::new();
     for sentinel in &url.sentinels {
         let client = builder.open_client(&url.sentinel_url(sentinel))?;
-        let connected =
-            tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await;
-        let connection = match connected {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                last = map_error(error);
-                continue;
+        let (master, sentinel) = (url.master.clone(), sentinel.clone());
+        asking.spawn(async move {
+            let connected =
+                tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await;
+            let connection = match connected {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => return Err(map_error(error)),
+                Err(_) => return Err(unavailable_after(timeout)),
+            };
+            match ask(connection, &master, timeout).await? {
+                (connection, Some(address)) => Ok((connection, address)),
+                (_, None) => Err(StoreError::new(
+                    StoreErrorKind::Config,
+                    format!("sentinel {sentinel} does not monitor a master named `{master}`"),
+                )),
             }
-            Err(_) => {
-                last = unavailable_after(timeout);
-                continue;
-            }
-        };
-        match ask(connection).await {
-            Ok((connection, Some(address))) => {
+        });
+    }
+    let mut last = StoreError::new(StoreErrorKind::Unavailable, "no sentinel answered");
+    while let Some(answer) = asking.join_next().await {
+        match answer {
+            Ok(Ok((connection, address))) => {
                 *cached = Some(connection);
                 return Ok(address);
             }
-            Ok((_, None)) => {
-                last = StoreError::new(
-                    StoreErrorKind::Config,
-                    format!(
-                        "sentinel {sentinel} does not monitor a master named `{}`",
-                        url.master
-                    ),
-                );
-            }
-            Err(error) => last = error,
+            Ok(Err(error)) => last = error,
+            Err(_) => {}
         }
     }
     Err(last)
+}
+
+/// `SENTINEL get-master-addr-by-name` on one sentinel.
+async fn ask(
+    mut connection: MultiplexedConnection,
+    master: &str,
+    timeout: Duration,
+) -> Result<(MultiplexedConnection, Option<(String, u16)>), StoreError> {
+    let mut cmd = redis::cmd("SENTINEL");
+    cmd.arg("get-master-addr-by-name").arg(master);
+    let reply = tokio::time::timeout(timeout, cmd.query_async(&mut connection)).await;
+    let address = reply
+        .map_err(|_| unavailable_after(timeout))?
+        .map_err(map_error)?;
+    Ok((connection, address))
 }
 
 /// Connects to `address` and makes sure it is a primary (a sentinel may
@@ -387,6 +400,10 @@ mod tests {
             "redis://u:p%40ss@10.0.0.9:6379/2"
         );
         assert_eq!(url.sentinel_url("s2:26380"), "redis://s2:26380");
+        assert_eq!(
+            url.node_url(&("::1".into(), 6379)),
+            "redis://u:p%40ss@[::1]:6379/2"
+        );
         let tls = SentinelUrl::parse("rediss+sentinel://h:1/m")
             .unwrap()
             .unwrap();
