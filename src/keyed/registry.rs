@@ -125,6 +125,7 @@ impl<C: Clone> Registry<C> {
         );
         replica.degraded.set_mode(self.failure_mode());
         let replica = Arc::new(replica);
+        replica.hub.join(&replica);
         crate::sync::driver::start(&replica);
         Shared {
             replica,

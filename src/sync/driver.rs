@@ -67,7 +67,7 @@ enum Wake {
 async fn run(weak: Weak<Replica>) {
     let (wake, mail, sync) = match weak.upgrade() {
         Some(r) => {
-            r.hub.join(&r);
+            r.hub.start();
             (r.wake.clone(), r.mail.clone(), r.policy.sync_interval())
         }
         None => return,
@@ -81,9 +81,6 @@ async fn run(weak: Weak<Replica>) {
     // wakes it.
     let mut idle = false;
     let mut quiet_ticks = 0u32;
-    // The first tick (at once) reads the shared state: what was announced
-    // before this replica joined its hub was not delivered to it.
-    let mut joined = true;
     // Ticks between tries while the store is unreachable, and ticks to go.
     let mut retry_wait = 1u32;
     let mut retry_in = 0u32;
@@ -100,6 +97,11 @@ async fn run(weak: Weak<Replica>) {
         let Some(replica) = weak.upgrade() else {
             return;
         };
+        // Anything but a tick means activity: tick again.
+        if idle && !matches!(why, Wake::Tick) {
+            idle = false;
+            replica.wake_up();
+        }
         match why {
             Wake::Tick if replica.degraded.is_degraded() && retry_in > 0 => {
                 // Backing off from an unreachable store; decide locally meanwhile.
@@ -119,8 +121,7 @@ async fn run(weak: Weak<Replica>) {
                     || replica.is_local()
                     || replica.degraded.is_degraded();
                 quiet_ticks = if busy { 0 } else { quiet_ticks + 1 };
-                let refresh =
-                    std::mem::take(&mut joined) || busy || quiet_ticks >= QUIET_REFRESH_TICKS;
+                let refresh = busy || quiet_ticks >= QUIET_REFRESH_TICKS;
                 if refresh {
                     quiet_ticks = 0;
                 }
@@ -129,6 +130,17 @@ async fn run(weak: Weak<Replica>) {
                     idle = true;
                     continue;
                 }
+                // A replica without a first answer asks once: a call asking
+                // already will bring it; calls that come while this one asks
+                // wait for it.
+                let first = if current.generation == 0 && !replica.degraded.is_degraded() {
+                    match replica.claim_first_read() {
+                        Some(claim) => Some(claim),
+                        None => continue,
+                    }
+                } else {
+                    None
+                };
                 // While a degraded replica waits on the store, failures are
                 // still decided locally at once.
                 let attempt = sync_once(&replica, refresh);
@@ -142,6 +154,7 @@ async fn run(weak: Weak<Replica>) {
                         }
                     }
                 }
+                drop(first);
                 // Still unreachable: wait twice as many ticks before the next
                 // try (up to MAX_RETRY_TICKS), so a struggling store is not
                 // hammered by a whole fleet.
@@ -177,11 +190,6 @@ async fn run(weak: Weak<Replica>) {
             }
         }
         last_flush = Some(Instant::now());
-        // Anything but a quiet tick means activity: tick again.
-        if idle {
-            idle = false;
-            replica.wake_up();
-        }
     }
 }
 

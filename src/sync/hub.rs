@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::Notify;
 
 use crate::store::Store;
@@ -19,6 +19,9 @@ pub(crate) struct Hub {
     /// Usually one replica per name; two while an evicted keyed breaker still
     /// serves calls in flight and its successor already does.
     routes: Mutex<HashMap<BreakerName, Vec<Weak<Replica>>>>,
+    /// Subscribed at once (nothing announced after the hub exists is
+    /// missed), handed to the task when a runtime starts it.
+    events: Mutex<Option<broadcast::Receiver<StoreEvent>>>,
     started: AtomicBool,
     /// Ends the hub's task when the hub is dropped.
     dropped: Arc<Notify>,
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     pub(crate) fn new(store: Arc<dyn Store>) -> Arc<Hub> {
         Arc::new(Hub {
+            events: Mutex::new(Some(store.subscribe())),
             store,
             routes: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
@@ -46,17 +50,27 @@ impl Hub {
         })
     }
 
-    /// Routes `replica`'s announcements to it from now on; starts the hub's
-    /// task on first use (inside a tokio runtime: the caller is a driver).
-    pub(crate) fn join(self: &Arc<Self>, replica: &Arc<Replica>) {
-        {
-            let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = routes.entry(replica.name.clone()).or_default();
-            entry.retain(|r| r.strong_count() > 0);
-            entry.push(Arc::downgrade(replica));
+    /// Routes `replica`'s announcements to it from now on (called as it is
+    /// created, before it first reads the store).
+    pub(crate) fn join(&self, replica: &Arc<Replica>) {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = routes.entry(replica.name.clone()).or_default();
+        entry.retain(|r| r.strong_count() > 0);
+        entry.push(Arc::downgrade(replica));
+    }
+
+    /// Starts the hub's task if it is not running (inside a tokio runtime:
+    /// the caller is a driver).
+    pub(crate) fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
         }
-        if !self.started.swap(true, Ordering::AcqRel) {
-            let events = self.store.subscribe();
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(events) = events {
             tokio::spawn(route(Arc::downgrade(self), events, self.dropped.clone()));
         }
     }
@@ -90,11 +104,7 @@ impl Hub {
 }
 
 /// The hub's task: ends when the hub is gone or the store's channel closes.
-async fn route(
-    hub: Weak<Hub>,
-    mut events: tokio::sync::broadcast::Receiver<StoreEvent>,
-    dropped: Arc<Notify>,
-) {
+async fn route(hub: Weak<Hub>, mut events: broadcast::Receiver<StoreEvent>, dropped: Arc<Notify>) {
     loop {
         let event = tokio::select! {
             biased;

@@ -178,6 +178,7 @@ impl Replica {
     /// its first call needs it.
     pub(crate) fn spawn(name: BreakerName, policy: Policy, hub: Arc<Hub>) -> Arc<Self> {
         let replica = Arc::new(Self::new(name, policy, hub));
+        replica.hub.join(&replica);
         crate::sync::driver::start(&replica);
         replica
     }
@@ -449,6 +450,16 @@ impl Replica {
         last != 0 && self.now_nanos().saturating_sub(last) < window
     }
 
+    /// Claims the one request to the store a replica may have in flight
+    /// for its first answer: calls that come meanwhile wait for this one's
+    /// answer instead of asking too. `None` if a call is asking already.
+    pub(crate) fn claim_first_read(&self) -> Option<ClearOnDrop<'_>> {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(ClearOnDrop(&self.probing))
+    }
+
     /// Puts the driver to sleep if the breaker is idle: closed, in step with
     /// the store, no call since the last batch, nothing waiting, under a
     /// policy that needs no successes reported, and no failure within the
@@ -705,10 +716,9 @@ impl Replica {
     /// re-reads the shared state instead.
     pub(crate) fn apply_hint(&self, snapshot: Snapshot) -> bool {
         let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
-        // (The first transition of a breaker the store did not hold jumps
-        // from the implicit generation to the time it happened: a gap, so
-        // it is read, never taken on an announcement's word.)
-        if snapshot.generation == generation.saturating_add(1) && generation != 0 {
+        if (snapshot.generation == generation.saturating_add(1) && generation != 0)
+            || (generation == IMPLICIT_GENERATION && plausible_first(snapshot.generation))
+        {
             self.apply(snapshot);
             return true;
         }
@@ -995,12 +1005,27 @@ impl Drop for Unanswered {
     }
 }
 
-struct ClearOnDrop<'a>(&'a AtomicBool);
+pub(crate) struct ClearOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for ClearOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
+}
+
+/// How far a first transition's generation (the store's clock in
+/// milliseconds when it happened) may be from this machine's clock for an
+/// announcement of it to be taken on its word.
+const PLAUSIBLE_SKEW_MS: u64 = 60 * 60 * 1000;
+
+/// Whether `generation` looks like the first transition of a breaker the
+/// store did not hold: it jumps from the implicit generation to the time it
+/// happened. A forged or garbled generation far from now is read instead.
+fn plausible_first(generation: u64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    generation.abs_diff(now) <= PLAUSIBLE_SKEW_MS
 }
 
 /// The run a replica must see before it joins the fleet's run.
