@@ -16,7 +16,7 @@
 mod args;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,8 +45,10 @@ async fn main() -> Result<(), BoxError> {
     let client = redis::Client::open(url.as_str())?;
     let mut admin = client.get_multiplexed_async_connection().await?;
 
-    println!("| breakers | burst: max degraded | burst took | idle: round trips/s | idle: Redis CPU | load: round trips/s | load: Redis CPU | Redis keys after | Redis memory after | process memory per breaker |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| breakers | burst: max degraded | burst took | idle: round trips/s | idle: Redis CPU | healthy load: round trips/s | healthy load: Redis CPU | 1 % failing: round trips/s | 1 % failing: Redis CPU | Redis keys after | Redis memory after | process memory per breaker |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for (run, &n) in counts.iter().enumerate() {
         let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await?;
         let memory_before = used_memory(&mut admin).await?;
@@ -58,7 +60,7 @@ async fn main() -> Result<(), BoxError> {
         let layer = DistributedCircuitBreakerLayer::new("tenant", Policy::default(), store)?
             .key_by(|key: &u32| Some(key.to_string()))
             .limits(n.max(1) + 1, Duration::from_secs(3600))?;
-        let svc = layer.layer(service_fn(healthy));
+        let svc = layer.layer(service_fn(dependency));
 
         // The burst: every key once, IN_FLIGHT at a time, while a watcher
         // counts degraded breakers.
@@ -118,32 +120,23 @@ async fn main() -> Result<(), BoxError> {
         max_degraded.fetch_max(degraded_after, Ordering::Relaxed);
 
         let idle = measure(&mut admin, async { tokio::time::sleep(PHASE).await }).await?;
-        let load = measure(&mut admin, async {
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / LOAD_RATE));
-            let end = Instant::now() + PHASE;
-            let mut key = 0usize;
-            while Instant::now() < end {
-                tick.tick().await;
-                let svc = svc.clone();
-                let k = (key % n) as u32;
-                key = key.wrapping_add(7919);
-                tokio::spawn(async move {
-                    let _ = svc.oneshot(k).await;
-                });
-            }
-        })
-        .await?;
+        let load = measure(&mut admin, spread_load(&svc, n)).await?;
+        FAIL_EVERY.store(100, Ordering::Relaxed);
+        let failing = measure(&mut admin, spread_load(&svc, n)).await?;
+        FAIL_EVERY.store(0, Ordering::Relaxed);
         let keys: u64 = redis::cmd("DBSIZE").query_async(&mut admin).await?;
         let memory = used_memory(&mut admin).await?.saturating_sub(memory_before);
         let rss = rss_bytes().saturating_sub(rss_before);
         println!(
-            "| {n} | {} | {:.2} s | {:.0} | {:.1} % | {:.0} | {:.1} % | {keys} | {:.1} MB | {} B |",
+            "| {n} | {} | {:.2} s | {:.0} | {:.1} % | {:.0} | {:.1} % | {:.0} | {:.1} % | {keys} | {:.1} MB | {} B |",
             max_degraded.load(Ordering::Relaxed),
             burst.as_secs_f64(),
             idle.round_trips,
             idle.cpu * 100.0,
             load.round_trips,
             load.cpu * 100.0,
+            failing.round_trips,
+            failing.cpu * 100.0,
             memory as f64 / 1e6,
             rss / n.max(1) as u64,
         );
@@ -154,9 +147,39 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The dependency: always fine.
-async fn healthy(_: u32) -> Result<(), std::io::Error> {
+/// Every this many calls fails (0: none).
+static FAIL_EVERY: AtomicU64 = AtomicU64::new(0);
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// The dependency: fails every `FAIL_EVERY`th call.
+async fn dependency(_: u32) -> Result<(), std::io::Error> {
+    let every = FAIL_EVERY.load(Ordering::Relaxed);
+    if every != 0 && CALLS.fetch_add(1, Ordering::Relaxed) % every == 0 {
+        return Err(std::io::Error::other("scattered failure"));
+    }
     Ok(())
+}
+
+/// `LOAD_RATE` calls per second for `PHASE`, spread over `n` keys.
+async fn spread_load<S>(svc: &S, n: usize)
+where
+    S: tower::Service<u32> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: Send,
+{
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / LOAD_RATE));
+    let end = Instant::now() + PHASE;
+    let mut key = 0usize;
+    while Instant::now() < end {
+        tick.tick().await;
+        let svc = svc.clone();
+        let k = (key % n) as u32;
+        key = key.wrapping_add(7919);
+        tokio::spawn(async move {
+            let _ = svc.oneshot(k).await;
+        });
+    }
 }
 
 struct Phase {

@@ -88,21 +88,20 @@ impl Machine {
     }
 
     /// Whether a store must keep a record of this breaker: anything but a
-    /// closed breaker of the implicit generation with no failure, run, trip
-    /// or lease counted, and (under a rate rule, where successes count) no
-    /// call counted at all.
+    /// closed breaker of the implicit generation with no run, trip or lease,
+    /// and nothing in its window that a rule of the policy reads (calls and
+    /// failures only under a rate rule, failing instances only under a
+    /// quorum). Failures that never formed a run are forgotten under a
+    /// runs-only policy: a flood of keys failing once each leaves nothing.
     pub(crate) fn worth_keeping(&self, p: &Params) -> bool {
         let rates = p.failure.is_on() || p.slow.is_on();
         self.state != State::Closed
             || self.generation != IMPLICIT_GENERATION
             || self.consecutive != 0
-            || !self.failing.is_empty()
+            || (p.quorum > 1 && !self.failing.is_empty())
             || !self.tripped.is_empty()
             || !self.leases.is_empty()
-            || self
-                .buckets
-                .iter()
-                .any(|b| b.failures != 0 || b.slow != 0 || (rates && b.calls != 0))
+            || (rates && self.buckets.iter().any(|b| b.calls != 0))
     }
 
     /// A closed breaker. Its generation starts at the current time so that a
@@ -151,7 +150,8 @@ impl Machine {
 
     /// Until when a store must keep this breaker if nothing touches it:
     /// `key_ttl` from now, or until a forced state or a break ends and
-    /// `key_ttl` after;
+    /// `key_ttl` after; a closed breaker only as long as its window (its
+    /// counts mean nothing after that), at most `key_ttl`;
     /// `u64::MAX` for a forced state without an expiry.
     pub(crate) fn keep_until(&self, p: &Params, now: u64) -> u64 {
         let forced = matches!(
@@ -165,6 +165,10 @@ impl Machine {
             (false, _) if self.state == State::Open => {
                 self.open_until.max(now).saturating_add(p.ttl_ms)
             }
+            (false, _) if self.state == State::Closed => now.saturating_add(
+                p.ttl_ms
+                    .min(p.bucket_ms.saturating_mul(u64::from(p.buckets))),
+            ),
             (false, _) => now.saturating_add(p.ttl_ms),
         }
     }

@@ -142,6 +142,9 @@ local function save(m)
   elseif m.st == OPEN then
     -- An operator's break may outlast the TTL.
     redis.call('PEXPIRE', key, int(math.max(P.ttl_ms, m.ou - now + P.ttl_ms)))
+  elseif m.st == CLOSED then
+    -- A closed breaker's counts mean nothing after its window.
+    redis.call('PEXPIRE', key, int(math.min(P.ttl_ms, P.bucket_ms * P.buckets)))
   else
     redis.call('PEXPIRE', key, int(P.ttl_ms))
   end
@@ -340,12 +343,14 @@ end
 -- {state, generation, remaining, lease, reset, other policy}.
 -- Mirrors Machine::worth_keeping.
 local function worth_keeping(m)
-  if m.st ~= CLOSED or m.g ~= IMPLICIT or m.cf ~= 0 or #m.fi > 0 or #m.tr > 0 or #m.leases > 0 then
+  if m.st ~= CLOSED or m.g ~= IMPLICIT or m.cf ~= 0 or (P.quorum > 1 and #m.fi > 0) or #m.tr > 0
+    or #m.leases > 0 then
     return true
   end
-  local rates = P.failure_num > 0 or P.slow_num > 0
-  for _, b in ipairs(m.w) do
-    if b[3] ~= 0 or b[4] ~= 0 or (rates and b[2] ~= 0) then return true end
+  if P.failure_num > 0 or P.slow_num > 0 then
+    for _, b in ipairs(m.w) do
+      if b[2] ~= 0 then return true end
+    end
   end
   return false
 end
