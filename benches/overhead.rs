@@ -56,6 +56,18 @@ where
     }
 }
 
+/// Ten keys borrowed from a table, by the request's number.
+#[derive(Clone)]
+struct TenKeys;
+
+const KEYS: [&str; 10] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"];
+
+impl distributed_circuit_breaker::KeyExtractor<u64> for TenKeys {
+    fn extract<'r>(&self, request: &'r u64) -> Option<std::borrow::Cow<'r, str>> {
+        Some(std::borrow::Cow::Borrowed(KEYS[(*request % 10) as usize]))
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -103,6 +115,19 @@ fn overhead(c: &mut Criterion) {
     });
     let ours = layer.layer(Plain);
     bench_service(&mut group, &rt, "distributed-circuit-breaker", ours);
+
+    // One breaker per key (ten known keys, borrowed: no allocation).
+    let keyed = rt.block_on(async {
+        DistributedCircuitBreakerLayer::new("bench", Policy::default(), MemoryStore::new())
+            .unwrap()
+            .key_by(TenKeys)
+    });
+    bench_service(
+        &mut group,
+        &rt,
+        "distributed-circuit-breaker (keyed, known key)",
+        keyed.layer(Plain),
+    );
 
     // The same layer on a RedisStore: the closed path never waits on Redis, so
     // it should cost what the MemoryStore one does.

@@ -65,8 +65,11 @@ impl<K, C: Clone> KeyedCircuitBreakerLayer<K, C> {
         self.rebuild(policies.into(), max, idle)
     }
 
-    /// At most `max_breakers` breakers (default 1024; the least recently used
-    /// goes first), each dropped after `idle_timeout` unused (default 10 min).
+    /// At most `max_breakers` breakers (default 1024), each dropped once
+    /// unused for `idle_timeout` (default 10 min; checked as new keys
+    /// arrive, at most every half timeout). Eviction is O(1) and
+    /// scan-resistant (quick_cache's S3-FIFO): a flood of one-off keys
+    /// evicts one-off keys, while keys in steady use stay.
     pub fn limits(self, max_breakers: usize, idle_timeout: Duration) -> Result<Self, ConfigError> {
         if max_breakers == 0 {
             return Err(ConfigError::new("max_breakers", "must be at least 1"));

@@ -3,11 +3,13 @@
 //! grow memory without bound.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::quality::RandomState;
+use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::UnitWeighter;
 use tokio::time::Instant;
 
 use crate::key::breaker_name;
@@ -22,15 +24,13 @@ pub(crate) struct Registry<C> {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) max_breakers: usize,
     pub(crate) idle_timeout: Duration,
-    map: RwLock<HashMap<Box<str>, Slot<C>>>,
+    /// Bounded, with O(1) eviction (quick_cache's S3-FIFO: scan-resistant,
+    /// so a flood of one-off keys never displaces the breakers in use), and
+    /// a seeded hash (keys come from requests).
+    map: Cache<String, Arc<Shared<C>>, UnitWeighter, RandomState>,
+    /// When idle breakers were last swept (ms since `epoch`).
     last_sweep: AtomicU64,
     epoch: Instant,
-}
-
-struct Slot<C> {
-    shared: Arc<Shared<C>>,
-    /// Milliseconds since the registry's epoch.
-    last_used: AtomicU64,
 }
 
 impl<C: Clone> Registry<C> {
@@ -47,7 +47,13 @@ impl<C: Clone> Registry<C> {
             store,
             max_breakers,
             idle_timeout,
-            map: RwLock::new(HashMap::new()),
+            map: Cache::with(
+                max_breakers,
+                max_breakers as u64,
+                UnitWeighter,
+                RandomState::default(),
+                DefaultLifecycle::default(),
+            ),
             last_sweep: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -58,56 +64,49 @@ impl<C: Clone> Registry<C> {
         let Some(key) = key else {
             return self.base.clone();
         };
-        let now = self.now();
-        {
-            let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(slot) = map.get(&*key) {
-                slot.last_used.store(now, Ordering::Relaxed);
-                return slot.shared.clone();
-            }
+        if let Some(shared) = self.map.get(&*key) {
+            shared.replica.touch();
+            return shared;
         }
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = map.get(&*key) {
-            return slot.shared.clone();
+        self.sweep();
+        // One breaker per key even when callers race to create it.
+        let made = self.map.get_or_insert_with(&*key, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(self.make(&key)))
+        });
+        match made {
+            Ok(shared) => shared,
+            Err(never) => match never {},
         }
-        let idle = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Drops idle breakers as new keys arrive: at most every half
+    /// `idle_timeout`, a sweep drops the breakers no call used since the two
+    /// sweeps before (so unused for at least `idle_timeout`). Only the path
+    /// that creates a breaker reads the clock; a call on a known key never.
+    fn sweep(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let every = u64::try_from((self.idle_timeout / 2).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let swept = self.last_sweep.load(Ordering::Relaxed);
-        if map.len() >= self.max_breakers || now.saturating_sub(swept) >= idle / 2 {
-            map.retain(|_, slot| now.saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle);
-            self.last_sweep.store(now, Ordering::Relaxed);
+        if now.saturating_sub(swept) < every
+            || self
+                .last_sweep
+                .compare_exchange(swept, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
         }
-        while map.len() >= self.max_breakers {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, slot)| slot.last_used.load(Ordering::Relaxed))
-                .map(|(key, _)| key.clone());
-            match oldest {
-                Some(oldest) => map.remove(&oldest),
-                None => break,
-            };
-        }
-        let shared = Arc::new(self.make(&key));
-        map.insert(
-            key.into_owned().into_boxed_str(),
-            Slot {
-                shared: shared.clone(),
-                last_used: AtomicU64::new(now),
-            },
-        );
-        shared
+        self.map.retain(|_, shared| shared.replica.idle_sweep() < 3);
     }
 
     /// The breaker for `key` if it exists now.
     pub(crate) fn find(&self, key: &str) -> Option<Arc<Shared<C>>> {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(key).map(|slot| slot.shared.clone())
+        self.map.get(key)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.map.len()
     }
 
     fn make(&self, key: &str) -> Shared<C> {
@@ -137,9 +136,5 @@ impl<C: Clone> Registry<C> {
 
     fn failure_mode(&self) -> StoreFailure {
         self.base.replica.degraded.mode()
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }

@@ -115,6 +115,8 @@ pub(crate) struct Replica {
     probing: AtomicBool,
     /// The driver sleeps without ticking until a call wakes it.
     asleep: AtomicBool,
+    /// Sweeps of a keyed registry since a call last used this breaker.
+    idle_sweeps: AtomicU32,
     /// Wakes the driver for an early flush (a failure was counted).
     pub(crate) wake: Arc<Notify>,
     driver_started: AtomicBool,
@@ -166,6 +168,7 @@ impl Replica {
             adopted_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             asleep: AtomicBool::new(false),
+            idle_sweeps: AtomicU32::new(0),
             wake: Arc::new(Notify::new()),
             driver_started: AtomicBool::new(false),
             no_runtime_logged: AtomicBool::new(false),
@@ -448,6 +451,22 @@ impl Replica {
         let last = self.counters.last_failure.load(Ordering::Relaxed);
         let window = u64::try_from(self.policy.window().as_nanos()).unwrap_or(u64::MAX);
         last != 0 && self.now_nanos().saturating_sub(last) < window
+    }
+
+    /// A call used this breaker (keyed registries drop breakers that go
+    /// unused): a load, and a store only when a sweep went by since.
+    #[inline(always)]
+    pub(crate) fn touch(&self) {
+        if self.idle_sweeps.load(Ordering::Relaxed) != 0 {
+            self.idle_sweeps.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one more sweep without a call; returns how many in a row.
+    pub(crate) fn idle_sweep(&self) -> u32 {
+        self.idle_sweeps
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
     }
 
     /// Claims the one request to the store a replica may have in flight
