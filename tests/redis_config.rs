@@ -79,6 +79,30 @@ async fn an_acl_user_without_the_needed_commands_is_refused() {
 }
 
 #[tokio::test]
+async fn an_acl_user_without_evalsha_ro_reads_with_the_read_script() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "nory",
+        "on",
+        ">pw",
+        "~dcb:*",
+        "&*",
+        "+@all",
+        "-evalsha_ro",
+    ]);
+    let url = format!("redis://nory:pw@127.0.0.1:{}", redis.port());
+    let store = connect(&url).await.unwrap();
+    let policy = Policy::default();
+    let name = BreakerName::new("no-read-only").unwrap();
+    for _ in 0..3 {
+        let read = store.snapshot(&name, &policy).await.unwrap();
+        assert_eq!(read.state, distributed_circuit_breaker::State::Closed);
+    }
+}
+
+#[tokio::test]
 async fn an_acl_user_without_channel_rights_is_refused_at_connect() {
     let redis = RedisServer::start();
     // Redis 7's default for new users: no channels (`resetchannels`).

@@ -267,6 +267,14 @@ async fn transitions_surviving_a_kill(durable: bool, rounds: usize, lag: Duratio
         link.delay(lag);
         wait_link_up(&replica);
         wait_replica_online(&primary);
+        // And writes flow: a marker written now reaches the replica.
+        let marker = format!("marker-{round}");
+        primary.cli(&["SET", &marker, "1"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while replica.cli(&["EXISTS", &marker]) != "1" {
+            assert!(Instant::now() < deadline, "replication never flowed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut builder = RedisStore::builder();
         if durable {
             builder = builder.durable_transitions(1, Duration::from_millis(500));

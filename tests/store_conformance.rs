@@ -272,10 +272,29 @@ async fn redis_store_conforms() {
     );
     store.force(&n, &p, Force::Reset).await.unwrap(); // a record: one write
     let before = writes();
+    let read_only = redis.command_calls("evalsha_ro");
     for _ in 0..5 {
         store.snapshot(&n, &p).await.unwrap();
     }
     assert_eq!(writes(), before);
+    assert_eq!(
+        redis.command_calls("evalsha_ro") - read_only,
+        5,
+        "reads are EVALSHA_RO"
+    );
+    // A forced state that ended must be written: the read-only script
+    // hands over to the writing one.
+    store
+        .force(&n, &p, Force::Open(Some(Duration::from_millis(50))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let ended = store.snapshot(&n, &p).await.unwrap();
+    assert_eq!(ended.state, State::Closed);
+    assert_eq!(
+        redis.cli(&["HGET", "dcb:{conformance-read-only}", "st"]),
+        "0"
+    );
 }
 
 #[tokio::test]

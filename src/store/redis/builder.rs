@@ -242,6 +242,7 @@ impl RedisStoreBuilder {
                 conflicts: PolicyConflicts::default(),
                 subscriber,
                 durability: self.durability.map(super::durability::Durable::new),
+                no_read_only: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Prove now that this user may run what the store needs (SCRIPT LOAD,

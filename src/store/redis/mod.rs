@@ -68,6 +68,8 @@ struct Inner {
     conflicts: PolicyConflicts,
     subscriber: tokio::task::AbortHandle,
     durability: Option<durability::Durable>,
+    /// The server knows no `EVALSHA_RO` (before Redis 7).
+    no_read_only: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -87,12 +89,19 @@ enum Connection {
 impl Connection {
     /// One command, routed by its key on a cluster.
     async fn query<T: redis::FromRedisValue>(&mut self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        self.query_raw(&cmd).await.map_err(map_error)
+    }
+
+    /// One command, with redis-rs's own error (its code is needed).
+    async fn query_raw<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
         match self {
             Connection::Single(c) => cmd.query_async(c).await,
             Connection::Sentinel(p) => p.observe(cmd.query_async(&mut p.manager()).await),
             Connection::Cluster(c) => cmd.query_async(c).await,
         }
-        .map_err(map_error)
     }
 }
 
@@ -322,9 +331,7 @@ impl Store for RedisStore {
         policy: &'a Policy,
     ) -> StoreFuture<'a, Snapshot> {
         Box::pin(async move {
-            let reply = self
-                .run(&self.inner.scripts.read, name, policy, &[], 0)
-                .await?;
+            let reply = self.read(name, policy).await?;
             Ok(reply.snapshot)
         })
     }

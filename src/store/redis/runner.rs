@@ -1,6 +1,7 @@
 //! Running the scripts: the access check at connect, one script call per
 //! store operation, and the scripts' reply.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Script;
@@ -76,6 +77,82 @@ impl RedisStore {
             }
         }
         Ok(reply)
+    }
+
+    /// Reads a breaker with `EVALSHA_RO` (no write, no replication; it
+    /// could run on a replica), falling back to the `read` script when the
+    /// read must write (unreadable data, a forced state that ended) or the
+    /// server does not know `EVALSHA_RO` (before Redis 7).
+    pub(super) async fn read(
+        &self,
+        name: &BreakerName,
+        policy: &Policy,
+    ) -> Result<Reply, StoreError> {
+        if !self.inner.no_read_only.load(Ordering::Relaxed) {
+            match self.run_read_only(name, policy.params()).await {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                // Before Redis 7 there is no EVALSHA_RO; an ACL user may not
+                // be allowed it. Either way the writing script reads too.
+                Err(error)
+                    if error.code() == Some("NOPERM")
+                        || (error.code() == Some("ERR")
+                            && error.to_string().contains("unknown command")) =>
+                {
+                    tracing::info!(%error, "reads run the read script instead of EVALSHA_RO");
+                    self.inner.no_read_only.store(true, Ordering::Relaxed);
+                }
+                Err(error) => return Err(map_error(error)),
+            }
+        }
+        self.run(&self.inner.scripts.read, name, policy, &[], 0)
+            .await
+    }
+
+    /// `None` when the read must write.
+    async fn run_read_only(
+        &self,
+        name: &BreakerName,
+        p: &Params,
+    ) -> Result<Option<Reply>, redis::RedisError> {
+        let script = &self.inner.scripts.read_ro;
+        let mut cmd = redis::cmd("EVALSHA_RO");
+        cmd.arg(script.get_hash()).arg(1).arg(self.key(name));
+        for arg in p.script_args() {
+            cmd.arg(arg);
+        }
+        cmd.arg(&self.inner.channel)
+            .arg(name.as_str())
+            .arg(0)
+            .arg(0);
+        let mut reply = self
+            .inner
+            .connection
+            .clone()
+            .query_raw::<Vec<i64>>(&cmd)
+            .await;
+        if matches!(&reply, Err(e) if e.code() == Some("NOSCRIPT")) {
+            // After a restart or SCRIPT FLUSH: load it and ask again.
+            let mut connection = self.inner.connection.clone();
+            let load = script.prepare_invoke();
+            match &mut connection {
+                Connection::Single(c) => load.load_async(c).await,
+                Connection::Sentinel(p) => p.observe(load.load_async(&mut p.manager()).await),
+                Connection::Cluster(c) => load.load_async(c).await,
+            }?;
+            reply = connection.query_raw::<Vec<i64>>(&cmd).await;
+        }
+        let reply = reply?;
+        if reply.first() == Some(&-1) {
+            return Ok(None);
+        }
+        Ok(Some(Reply::parse(&reply).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected read reply",
+                format!("{reply:?}"),
+            ))
+        })?))
     }
 
     pub(super) async fn run_with(

@@ -21,6 +21,8 @@ pub(super) struct Scripts {
     pub(super) release: Script,
     pub(super) force: Script,
     pub(super) read: Script,
+    /// `read` without writes, for `EVALSHA_RO`.
+    pub(super) read_ro: Script,
 }
 
 impl Scripts {
@@ -31,16 +33,18 @@ impl Scripts {
             release: script!("release"),
             force: script!("force"),
             read: script!("read"),
+            read_ro: script!("read_ro"),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 5] {
+    pub(super) fn all(&self) -> [&Script; 6] {
         [
             &self.record,
             &self.acquire,
             &self.release,
             &self.force,
             &self.read,
+            &self.read_ro,
         ]
     }
 }
