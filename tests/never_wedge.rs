@@ -243,15 +243,14 @@ async fn forged_announcements_do_not_take_the_fleet_over() {
     assert_eq!(a.state(), State::Closed);
     assert_eq!(a.breaker.snapshot().generation, g);
 
-    // The very next generation looks like a real transition and is applied,
-    // but the store's next answer replaces it within a sync interval.
+    // The very next generation looks like a real transition and is applied
+    // (from the implicit generation it is checked with a read at once), but
+    // the store's next answer replaces it within a sync interval.
     redis.cli(&[
         "PUBLISH",
         "dcb:events",
         &format!("v1 3 {} 60000 forged", g + 1),
     ]);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(a.state(), State::ForcedOpen, "applied as a hint");
     let forged = Instant::now();
     while a.state() != State::Closed {
         assert!(

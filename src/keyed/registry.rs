@@ -102,7 +102,8 @@ impl<C: Clone> Registry<C> {
 
     /// The breaker for `key` if it exists now.
     pub(crate) fn find(&self, key: &str) -> Option<Arc<Shared<C>>> {
-        self.map.get(key)
+        // A look, not a use: it must not keep the breaker from eviction.
+        self.map.peek(key)
     }
 
     pub(crate) fn len(&self) -> usize {

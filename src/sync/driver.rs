@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::machine::IMPLICIT_GENERATION;
 use crate::store::OutcomeBatch;
 use crate::sync::degraded::merge;
 use crate::sync::replica::Replica;
@@ -97,8 +98,8 @@ async fn run(weak: Weak<Replica>) {
         let Some(replica) = weak.upgrade() else {
             return;
         };
-        // Anything but a tick means activity: tick again.
-        if idle && !matches!(why, Wake::Tick) {
+        // A call or a failure means activity: tick again.
+        if idle && matches!(why, Wake::Flush) {
             idle = false;
             replica.wake_up();
         }
@@ -141,6 +142,11 @@ async fn run(weak: Weak<Replica>) {
                 } else {
                     None
                 };
+                let hub = replica.hub.clone();
+                let _turn = match first {
+                    Some(_) => hub.crowd_read(replica.policy.store_timeout()).await,
+                    None => None,
+                };
                 // While a degraded replica waits on the store, failures are
                 // still decided locally at once.
                 let attempt = sync_once(&replica, refresh);
@@ -179,14 +185,26 @@ async fn run(weak: Weak<Replica>) {
             }
             Wake::Mail => {
                 let inbox = replica.take_mail();
-                let reread = inbox.resync
-                    || inbox
-                        .transition
-                        .is_some_and(|transition| !hinted(&replica, transition));
-                if !reread {
+                // Announcements were missed: a closed breaker forgets what
+                // it knew and asks again with its next call (asleep or not);
+                // thousands of idle keyed breakers cost nothing.
+                if inbox.resync && replica.forget_closed() {
                     continue;
                 }
-                sync_once(&replica, true).await;
+                if idle {
+                    idle = false;
+                    replica.wake_up();
+                }
+                if inbox.resync {
+                    resync(&replica).await;
+                } else if inbox
+                    .transition
+                    .is_some_and(|transition| !hinted(&replica, transition))
+                {
+                    sync_once(&replica, true).await;
+                } else {
+                    continue;
+                }
             }
         }
         last_flush = Some(Instant::now());
@@ -197,13 +215,30 @@ async fn run(weak: Weak<Replica>) {
 /// shared state must be read instead. While degraded only our own
 /// connection's answers count. The break counts from when the announcement
 /// arrived, however long it waited here.
+/// A degraded replica reads instead: an announcement proves the store is
+/// back. A first transition's jump from the implicit generation is applied
+/// at once and checked with a read.
 fn hinted(replica: &Replica, transition: crate::Transition) -> bool {
     let waited = transition.received.elapsed();
     let snapshot = Snapshot {
         remaining: transition.snapshot.remaining.saturating_sub(waited),
         ..transition.snapshot
     };
-    replica.degraded.is_degraded() || replica.apply_hint(snapshot)
+    if replica.degraded.is_degraded() {
+        return false;
+    }
+    let first = replica.current().generation == IMPLICIT_GENERATION;
+    replica.apply_hint(snapshot) && !first
+}
+
+/// Re-reads after announcements may have been missed, for a breaker that is
+/// not simply closed (those forget instead): waits its turn among the
+/// process's crowd of reads, so that they do not queue behind each other
+/// past `store_timeout`.
+async fn resync(replica: &Replica) {
+    let hub = replica.hub.clone();
+    let _turn = hub.crowd_read(replica.policy.store_timeout()).await;
+    sync_once(replica, true).await;
 }
 
 /// Waits until `until`, or less if something must be reported at once.

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::Notify;
+
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use crate::store::Store;
 use crate::sync::replica::Replica;
@@ -25,7 +27,16 @@ pub(crate) struct Hub {
     started: AtomicBool,
     /// Ends the hub's task when the hub is dropped.
     dropped: Arc<Notify>,
+    /// Reads that a crowd may ask at once (first reads of new breakers, a
+    /// resync of every breaker): a few at a time, so that each one's
+    /// `store_timeout` measures Redis, not a queue of thousands behind it.
+    reads: Semaphore,
 }
+
+/// Crowd reads in flight per hub.
+const CROWD_READS: usize = 32;
+/// How long a crowd read waits for its turn, in `store_timeout`s.
+const PATIENCE: u32 = 20;
 
 impl Drop for Hub {
     fn drop(&mut self) {
@@ -47,6 +58,7 @@ impl Hub {
             routes: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
             dropped: Arc::new(Notify::new()),
+            reads: Semaphore::new(CROWD_READS),
         })
     }
 
@@ -84,6 +96,15 @@ impl Hub {
                 routes.remove(name);
             }
         }
+    }
+
+    /// A turn for a crowd read, waiting at most `PATIENCE` store timeouts
+    /// (`None`: go ahead without one, the store is slow anyway).
+    pub(crate) async fn crowd_read(&self, store_timeout: Duration) -> Option<SemaphorePermit<'_>> {
+        tokio::time::timeout(store_timeout * PATIENCE, self.reads.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 
     fn replicas_named(&self, name: &str) -> Vec<Arc<Replica>> {

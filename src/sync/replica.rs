@@ -261,7 +261,9 @@ impl Replica {
         // Counted under a state that is gone: the store would drop it. Calls
         // admitted before the first sync (generation 0, store unreachable)
         // count toward the first generation heard of.
-        if generation != current && generation != 0 {
+        // The implicit breaker (the store holds no record) counts outcomes of
+        // any generation, as the store does.
+        if generation != current && generation != 0 && current != IMPLICIT_GENERATION {
             return;
         }
         let c = &self.counters;
@@ -467,6 +469,23 @@ impl Replica {
         self.idle_sweeps
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1)
+    }
+
+    /// After missed announcements: a breaker closed by the store's word (not
+    /// tripped locally, not degraded) goes back to "never heard", so its
+    /// next call asks the store first (as a newcomer's does). `false` for
+    /// any other state, which must be read now.
+    pub(crate) fn forget_closed(&self) -> bool {
+        if self.degraded.is_degraded() {
+            return false;
+        }
+        let _guard = self.write();
+        let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        if state != State::Closed || generation == 0 || self.is_local() {
+            return false;
+        }
+        self.store_pair(pack(State::Closed, 0, false), Duration::ZERO);
+        true
     }
 
     /// Claims the one request to the store a replica may have in flight
@@ -712,11 +731,28 @@ impl Replica {
         if ticket <= self.adopted_at.load(Ordering::Acquire) {
             return;
         }
-        if snapshot.generation == IMPLICIT_GENERATION {
-            // The store's record of a closed breaker expired (`key_ttl`
-            // without a write) or was deleted.
-            tracing::debug!(breaker = %self.name, held = generation, "the store no longer holds this breaker; following it");
-        } else {
+        let (held, _) = unpack(self.snapshot.load(Ordering::Acquire));
+        if snapshot.generation == IMPLICIT_GENERATION
+            && snapshot.state == State::Closed
+            && held == State::Closed
+            && !self.is_local()
+        {
+            // The store's record of this closed breaker expired (one window
+            // without a write) or was deleted: same state, no record. Only
+            // the generation changes; this replica's run, counts and window
+            // stay (the store counts any batch against the implicit breaker).
+            tracing::debug!(breaker = %self.name, held = generation, "the store no longer holds this closed breaker; following it");
+            let _guard = self.write();
+            // Unless a local trip came in between (it keeps its own state).
+            if self.snapshot.load(Ordering::Acquire) == pack(State::Closed, generation, false) {
+                self.store_pair(
+                    pack(State::Closed, IMPLICIT_GENERATION, false),
+                    Duration::ZERO,
+                );
+            }
+            return;
+        }
+        {
             tracing::warn!(
                 breaker = %self.name,
                 held = generation,
@@ -798,6 +834,14 @@ impl Replica {
         }
         // The permit's id is ours before we ask: if the answer never reaches
         // us (timeout, cancelled call), the guard frees it blindly.
+        // A first answer: one of many a new process may ask at once.
+        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        let hub = self.hub.clone();
+        let _turn = if generation == 0 {
+            hub.crowd_read(self.policy.store_timeout()).await
+        } else {
+            None
+        };
         let mut unanswered = Unanswered::new(self.clone(), lease_id());
         let ticket = self.ticket();
         let answer = tokio::time::timeout(
@@ -1036,6 +1080,9 @@ impl Drop for ClearOnDrop<'_> {
 /// milliseconds when it happened) may be from this machine's clock for an
 /// announcement of it to be taken on its word.
 const PLAUSIBLE_SKEW_MS: u64 = 60 * 60 * 1000;
+/// How far ahead of this machine's clock (the store's clock may run ahead a
+/// little, never a forgery's half hour).
+const PLAUSIBLE_AHEAD_MS: u64 = 5_000;
 
 /// Whether `generation` looks like the first transition of a breaker the
 /// store did not hold: it jumps from the implicit generation to the time it
@@ -1044,7 +1091,8 @@ fn plausible_first(generation: u64) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    generation.abs_diff(now) <= PLAUSIBLE_SKEW_MS
+    generation <= now.saturating_add(PLAUSIBLE_AHEAD_MS)
+        && generation >= now.saturating_sub(PLAUSIBLE_SKEW_MS)
 }
 
 /// The run a replica must see before it joins the fleet's run.
