@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use foldhash::quality::RandomState;
 use quick_cache::sync::{Cache, DefaultLifecycle};
-use quick_cache::UnitWeighter;
+use quick_cache::{OptionsBuilder, UnitWeighter};
 use tokio::time::Instant;
 
 use crate::key::breaker_name;
@@ -33,6 +33,37 @@ pub(crate) struct Registry<C> {
     epoch: Instant,
 }
 
+/// Keys per shard of the registry: quick_cache splits its capacity evenly
+/// over shards, so an unlucky hash evicts from a full shard while others
+/// have room. One shard holds exactly `max_breakers`; big registries get a
+/// shard per this many keys, where the imbalance is a fraction of a percent.
+const KEYS_PER_SHARD: usize = 65_536;
+
+fn registry_cache<V: Clone>(max_breakers: usize) -> Cache<String, V, UnitWeighter, RandomState> {
+    let shards = max_breakers.div_ceil(KEYS_PER_SHARD).next_power_of_two();
+    let options = OptionsBuilder::new()
+        .estimated_items_capacity(max_breakers)
+        .weight_capacity(max_breakers as u64)
+        .shards(shards)
+        .build();
+    match options {
+        Ok(options) => Cache::with_options(
+            options,
+            UnitWeighter,
+            RandomState::default(),
+            DefaultLifecycle::default(),
+        ),
+        // Only a zero capacity is refused, and `limits` rejects that.
+        Err(_) => Cache::with(
+            max_breakers,
+            max_breakers as u64,
+            UnitWeighter,
+            RandomState::default(),
+            DefaultLifecycle::default(),
+        ),
+    }
+}
+
 impl<C: Clone> Registry<C> {
     pub(crate) fn new(
         base: Arc<Shared<C>>,
@@ -47,13 +78,7 @@ impl<C: Clone> Registry<C> {
             store,
             max_breakers,
             idle_timeout,
-            map: Cache::with(
-                max_breakers,
-                max_breakers as u64,
-                UnitWeighter,
-                RandomState::default(),
-                DefaultLifecycle::default(),
-            ),
+            map: registry_cache(max_breakers),
             last_sweep: AtomicU64::new(0),
             epoch: Instant::now(),
         }
