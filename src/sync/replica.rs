@@ -898,14 +898,27 @@ impl Replica {
     /// answer, wait for it (bounded) and decide from it; otherwise this call
     /// is not the probe and is rejected.
     async fn wait_for_first_answer(&self) -> Result<Admission, CircuitOpen> {
-        let notified = self.synced.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
-        if generation == 0 && !self.degraded.is_degraded() {
-            let _ = tokio::time::timeout(self.policy.store_timeout(), notified).await;
-        } else if generation != 0 {
-            return Err(self.open_error(state, Duration::ZERO));
+        let deadline = Instant::now() + self.policy.store_timeout();
+        let mut first = true;
+        loop {
+            let notified = self.synced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+            if generation != 0 {
+                if first {
+                    return Err(self.open_error(state, Duration::ZERO));
+                }
+                break;
+            }
+            first = false;
+            // Woken without an answer (another waiter's reason, a breaker
+            // that forgot): wait on, up to the deadline, unless degraded.
+            if self.degraded.is_degraded()
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
+                break;
+            }
         }
         let (state, generation) = unpack(self.snapshot.load(Ordering::Acquire));
         match state {
