@@ -25,6 +25,8 @@ use crate::store::{StoreError, StoreErrorKind};
 
 /// How often the sentinels are asked who the primary is, besides on errors.
 const POLL: Duration = Duration::from_secs(1);
+/// How soon `connect` asks again when the named primary cannot be used.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// Where a `redis+sentinel://` URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +164,21 @@ impl Primary {
         config: ConnectionManagerConfig,
     ) -> Result<Arc<Primary>, StoreError> {
         let sentinel = tokio::sync::Mutex::new(None);
-        let address = locate(&url, &builder, &sentinel).await?;
-        let current = open(&url, &builder, &config, address).await?;
+        // Right after a failover a sentinel may still name the old primary
+        // (and answer first): ask again until one names a primary that is
+        // one. The caller bounds all of it by `connect_timeout`.
+        let current = loop {
+            let address = locate(&url, &builder, &sentinel).await?;
+            match open(&url, &builder, &config, address).await {
+                Ok(current) => break current,
+                Err(error) if error.kind() == StoreErrorKind::Unavailable => {
+                    tracing::debug!(%error, "the primary a sentinel named cannot be used; asking again");
+                    sentinel.lock().await.take();
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let primary = Arc::new(Primary {
             url,
             builder,
