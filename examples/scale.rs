@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use args::arg_value;
-use distributed_circuit_breaker::{BoxError, DistributedCircuitBreakerLayer, Policy, RedisStore};
+use distributed_circuit_breaker::{
+    BoxError, DistributedCircuitBreakerLayer, KeyedCircuitBreakerLayer, Policy, RedisStore,
+};
 use tower::{service_fn, Layer, ServiceExt};
 
 const PHASE: Duration = Duration::from_secs(5);
@@ -71,14 +73,7 @@ async fn main() -> Result<(), BoxError> {
             tokio::spawn(async move {
                 loop {
                     let created = done.load(Ordering::Relaxed);
-                    let degraded = (0..created.min(n))
-                        .filter(|k| {
-                            layer
-                                .breaker(&k.to_string())
-                                .is_some_and(|b| b.is_degraded())
-                        })
-                        .count();
-                    max_degraded.fetch_max(degraded, Ordering::Relaxed);
+                    max_degraded.fetch_max(degraded(&layer, created.min(n)), Ordering::Relaxed);
                     if created >= n {
                         return;
                     }
@@ -110,14 +105,7 @@ async fn main() -> Result<(), BoxError> {
         watcher.await?;
         // One more look a little later: nothing may go degraded after the burst.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let degraded_after = (0..n)
-            .filter(|k| {
-                layer
-                    .breaker(&k.to_string())
-                    .is_some_and(|b| b.is_degraded())
-            })
-            .count();
-        max_degraded.fetch_max(degraded_after, Ordering::Relaxed);
+        max_degraded.fetch_max(degraded(&layer, n), Ordering::Relaxed);
 
         let idle = measure(&mut admin, async { tokio::time::sleep(PHASE).await }).await?;
         let load = measure(&mut admin, spread_load(&svc, n)).await?;
@@ -158,6 +146,17 @@ async fn dependency(_: u32) -> Result<(), std::io::Error> {
         return Err(std::io::Error::other("scattered failure"));
     }
     Ok(())
+}
+
+/// How many of the breakers of keys `0..keys` decide alone right now.
+fn degraded<K, C: Clone>(layer: &KeyedCircuitBreakerLayer<K, C>, keys: usize) -> usize {
+    (0..keys)
+        .filter(|k| {
+            layer
+                .breaker(&k.to_string())
+                .is_some_and(|b| b.is_degraded())
+        })
+        .count()
 }
 
 /// `LOAD_RATE` calls per second for `PHASE`, spread over `n` keys.

@@ -19,9 +19,10 @@ use distributed_circuit_breaker::{
     BreakerName, Force, Outcome, Policy, RedisStore, State, Store, StoreEvent, StoreFailure,
 };
 use support::dependency::Dependency;
-use support::fleet::{Call, Instance};
-use support::redis::RedisServer;
+use support::fleet::Instance;
+use support::redis::{slot_owner, RedisServer};
 use support::sentinel::{wait_link_up, SentinelGroup, MASTER};
+use support::traffic::{assert_failed_only, assert_nothing_failed_by_the_store, converge, Traffic};
 use tokio::time::Instant;
 
 /// A tokio mutex: each test has its own runtime, and the guard is held
@@ -29,113 +30,10 @@ use tokio::time::Instant;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const INSTANCES: usize = 3;
-/// Calls per second per instance.
-const RATE: u64 = 200;
 /// README: one shared state again within 5 s of a Sentinel promotion.
 const SENTINEL_CONVERGED_WITHIN: Duration = Duration::from_secs(5);
-/// store_timeout (50 ms) plus room for a busy 2-core machine.
-const SLOWEST_CALL: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------- helpers
-
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Tally>>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    ok: usize,
-    rejected: usize,
-    failed: usize,
-    slowest: Duration,
-}
-
-impl Traffic {
-    fn start(fleet: &[Instance]) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = fleet
-            .iter()
-            .cloned()
-            .map(|instance| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let mut tally = Tally::default();
-                    let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        let started = Instant::now();
-                        match instance.call().await {
-                            Call::Ok => tally.ok += 1,
-                            Call::Rejected => tally.rejected += 1,
-                            Call::Failed => tally.failed += 1,
-                        }
-                        tally.slowest = tally.slowest.max(started.elapsed());
-                    }
-                    tally
-                })
-            })
-            .collect();
-        Traffic { stop, tasks }
-    }
-
-    async fn stop(self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Tally::default();
-        for task in self.tasks {
-            let t = task.await.expect("a traffic task panicked");
-            all.ok += t.ok;
-            all.rejected += t.rejected;
-            all.failed += t.failed;
-            all.slowest = all.slowest.max(t.slowest);
-        }
-        all
-    }
-}
-
-/// Waits until every instance follows the store (not degraded) and all hold
-/// one generation in `state`; returns how long it took.
-async fn converge(fleet: &[Instance], state: State, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let snapshots: Vec<_> = fleet.iter().map(|i| i.breaker.snapshot()).collect();
-        let one = snapshots
-            .iter()
-            .all(|s| s.state == state && s.generation == snapshots[0].generation);
-        if one && fleet.iter().all(|i| !i.breaker.is_degraded()) {
-            return start.elapsed();
-        }
-        if start.elapsed() >= within {
-            let states: Vec<_> = fleet
-                .iter()
-                .map(|i| {
-                    let s = i.breaker.snapshot();
-                    (s.state, s.generation, i.breaker.is_degraded())
-                })
-                .collect();
-            panic!("the fleet did not share one {state} state within {within:?}: {states:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn assert_nothing_failed_by_the_store(tally: Tally, dependency: &Dependency) {
-    assert_failed_only(tally, dependency.failures());
-}
-
-/// `failures`: what the dependency failed while this traffic ran.
-fn assert_failed_only(tally: Tally, failures: usize) {
-    println!("calls: {tally:?}");
-    assert_eq!(
-        tally.failed, failures,
-        "every failed call is one the dependency failed: none failed because of the store"
-    );
-    assert!(
-        tally.slowest <= SLOWEST_CALL,
-        "a call took {:?}",
-        tally.slowest
-    );
-}
 
 async fn fleet_on(url: &str, name: &str, dep: &Dependency, policy: Policy) -> Vec<Instance> {
     let mut fleet = Vec::new();
@@ -965,28 +863,6 @@ async fn two_hung_sentinels_first_in_the_url_do_not_fail_connect() {
     });
     let name = BreakerName::new("hung").unwrap();
     store.snapshot(&name, &Policy::default()).await.unwrap();
-}
-
-/// The port of the live master that owns `slot`, asked of `node`.
-fn slot_owner(node: &RedisServer, slot: u16) -> Option<u16> {
-    let nodes = node.cli(&["CLUSTER", "NODES"]);
-    nodes.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let flags = fields.get(2)?;
-        if !flags.contains("master") || flags.contains("fail") {
-            return None;
-        }
-        let owns = fields.get(8..)?.iter().any(|range| {
-            let mut bounds = range.split('-').map(|b| b.parse::<u16>());
-            match (bounds.next(), bounds.next()) {
-                (Some(Ok(lo)), Some(Ok(hi))) => (lo..=hi).contains(&slot),
-                (Some(Ok(one)), None) => one == slot,
-                _ => false,
-            }
-        });
-        let address = fields.get(1)?.split('@').next()?;
-        owns.then(|| address.rsplit_once(':')?.1.parse().ok())?
-    })
 }
 
 /// `CLUSTER FAILOVER` on the replica of the breaker's master while the

@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use distributed_circuit_breaker::store::StoreErrorKind;
@@ -16,15 +14,14 @@ use distributed_circuit_breaker::{
     BreakerName, Force, Policy, RedisStore, State, Store, StoreFailure,
 };
 use support::dependency::Dependency;
-use support::fleet::{Call, Instance};
+use support::fleet::Instance;
 use support::proxy::FaultProxy;
-use support::redis::{RedisCluster, RedisServer};
+use support::redis::{slot_owner, RedisCluster, RedisServer};
 use support::sentinel::{wait_link_up, wait_replica_online, SentinelGroup};
+use support::traffic::{assert_nothing_failed_by_the_store, converge, Traffic};
 use tokio::time::Instant;
 
 const INSTANCES: usize = 3;
-/// Calls per second per instance.
-const RATE: u64 = 200;
 /// What the fleet takes at most, from the promotion of a new primary, to
 /// share one state again (stated in the README). Behind Sentinel the store
 /// switches when the sentinels name the new primary (polled every second) and
@@ -33,110 +30,6 @@ const SENTINEL_CONVERGED_WITHIN: Duration = Duration::from_secs(5);
 /// On a cluster a breaker that went degraded retries after 2, 4, then every
 /// 8 sync intervals (1 s by default).
 const CLUSTER_CONVERGED_WITHIN: Duration = Duration::from_secs(10);
-/// No call may wait on the store longer than `store_timeout` (50 ms by
-/// default); this adds room for a busy 2-core machine.
-const SLOWEST_CALL: Duration = Duration::from_millis(300);
-
-/// Every instance calling the dependency at `RATE` until stopped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Tally>>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    ok: usize,
-    rejected: usize,
-    failed: usize,
-    slowest: Duration,
-}
-
-impl Traffic {
-    fn start(fleet: &[Instance]) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = fleet
-            .iter()
-            .cloned()
-            .map(|instance| {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let mut tally = Tally::default();
-                    let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        let started = Instant::now();
-                        match instance.call().await {
-                            Call::Ok => tally.ok += 1,
-                            Call::Rejected => tally.rejected += 1,
-                            Call::Failed => tally.failed += 1,
-                        }
-                        tally.slowest = tally.slowest.max(started.elapsed());
-                    }
-                    tally
-                })
-            })
-            .collect();
-        Traffic { stop, tasks }
-    }
-
-    async fn stop(self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Tally::default();
-        for task in self.tasks {
-            let t = task.await.unwrap();
-            all.ok += t.ok;
-            all.rejected += t.rejected;
-            all.failed += t.failed;
-            all.slowest = all.slowest.max(t.slowest);
-        }
-        all
-    }
-}
-
-/// Waits until every instance follows the store again (not degraded) and
-/// all hold one generation in `state`; returns how long it took.
-async fn converge(fleet: &[Instance], state: State, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let snapshots: Vec<_> = fleet.iter().map(|i| i.breaker.snapshot()).collect();
-        let one = snapshots
-            .iter()
-            .all(|s| s.state == state && s.generation == snapshots[0].generation);
-        if one && fleet.iter().all(|i| !i.breaker.is_degraded()) {
-            return start.elapsed();
-        }
-        let states: Vec<_> = fleet
-            .iter()
-            .map(|i| {
-                (
-                    i.state(),
-                    i.breaker.snapshot().generation,
-                    i.breaker.is_degraded(),
-                )
-            })
-            .collect();
-        assert!(
-            start.elapsed() < within,
-            "the fleet did not share one {state} state within {within:?}: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The checks every failover test ends with.
-fn assert_nothing_failed_by_the_store(tally: Tally, dependency: &Dependency) {
-    println!("calls: {tally:?}");
-    assert_eq!(
-        tally.failed,
-        dependency.failures(),
-        "every failed call is one the dependency failed: none failed because of the store"
-    );
-    assert!(
-        tally.slowest <= SLOWEST_CALL,
-        "a call took {:?}",
-        tally.slowest
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_keeps_the_fleet_on_one_breaker() {
@@ -348,28 +241,6 @@ async fn durable_transitions_survive_the_death_of_the_primary() {
             started.elapsed() / TRANSITIONS
         );
     }
-}
-
-/// The port of the live master that owns `key`'s slot, asked of `node`.
-fn slot_owner(node: &RedisServer, slot: u16) -> Option<u16> {
-    let nodes = node.cli(&["CLUSTER", "NODES"]);
-    nodes.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let flags = fields.get(2)?;
-        if !flags.contains("master") || flags.contains("fail") {
-            return None;
-        }
-        let owns = fields[8..].iter().any(|range| {
-            let mut bounds = range.split('-').map(|b| b.parse::<u16>());
-            match (bounds.next(), bounds.next()) {
-                (Some(Ok(lo)), Some(Ok(hi))) => (lo..=hi).contains(&slot),
-                (Some(Ok(one)), None) => one == slot,
-                _ => false,
-            }
-        });
-        let address = fields.get(1)?.split('@').next()?;
-        owns.then(|| address.rsplit_once(':')?.1.parse().ok())?
-    })
 }
 
 /// Moves `slot` with its keys from one master to another, the way

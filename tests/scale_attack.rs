@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use distributed_circuit_breaker::{
     Breaker, DistributedCircuitBreaker, DistributedCircuitBreakerLayer, ErrorsAsFailures, Force,
-    Policy, RedisStore, State,
+    KeyExtractor, KeyedCircuitBreakerLayer, Policy, RedisStore, State,
 };
 use support::dependency::Dependency;
 use support::redis::RedisServer;
@@ -619,27 +619,7 @@ async fn a_hundred_thousand_keys_then_drop_everything() {
             .key_by(|k: &u32| Some(format!("k{k}")))
             .limits(120_000, Duration::from_secs(3600))
             .unwrap();
-        let svc = layer.layer(tower::service_fn(|_: u32| async {
-            Ok::<_, std::io::Error>(())
-        }));
-        let next = Arc::new(AtomicU64::new(0));
-        let workers: Vec<_> = (0..128)
-            .map(|_| {
-                let (svc, next) = (svc.clone(), next.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= 100_000 {
-                            return;
-                        }
-                        svc.clone().oneshot(i as u32).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.await.unwrap();
-        }
+        one_call_per_key(&layer, 100_000).await;
         assert_eq!(layer.breakers(), 100_000);
         tokio::time::sleep(Duration::from_secs(3)).await; // everyone asleep
         let before = redis.command_calls("evalsha");
@@ -651,7 +631,6 @@ async fn a_hundred_thousand_keys_then_drop_everything() {
         );
         assert!(idle < 100, "idle breakers cost {idle} EVALSHA in 2 s");
         assert_eq!(redis.cli(&["DBSIZE"]), "0");
-        drop(svc);
         drop(layer);
         let dropped = Instant::now();
         while metrics.num_alive_tasks() > baseline_tasks {
@@ -671,6 +650,34 @@ async fn a_hundred_thousand_keys_then_drop_everything() {
     );
 }
 
+/// One healthy call for each key `0..keys` through `layer`, 128 at a time.
+async fn one_call_per_key<K>(layer: &KeyedCircuitBreakerLayer<K, ErrorsAsFailures>, keys: u32)
+where
+    K: KeyExtractor<u32> + Clone + Send + Sync + 'static,
+{
+    let svc = layer.layer(tower::service_fn(|_: u32| async {
+        Ok::<_, std::io::Error>(())
+    }));
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..128)
+        .map(|_| {
+            let (svc, next) = (svc.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= u64::from(keys) {
+                        return;
+                    }
+                    svc.clone().oneshot(i as u32).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
 /// Idle keyed breakers and a blip of the announcement subscription (a
 /// network hiccup, a proxy restart, `CLIENT KILL TYPE pubsub`): the
 /// resubscription tells every breaker to re-read at once. Promise: cost
@@ -686,27 +693,7 @@ async fn a_subscription_blip_with_many_idle_breakers() {
         .key_by(|k: &u32| Some(format!("k{k}")))
         .limits(120_000, Duration::from_secs(3600))
         .unwrap();
-    let svc = layer.layer(tower::service_fn(|_: u32| async {
-        Ok::<_, std::io::Error>(())
-    }));
-    let next = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..128)
-        .map(|_| {
-            let (svc, next) = (svc.clone(), next.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= u64::from(KEYS) {
-                        return;
-                    }
-                    svc.clone().oneshot(i as u32).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.unwrap();
-    }
+    one_call_per_key(&layer, KEYS).await;
     let degraded = |layer: &distributed_circuit_breaker::KeyedCircuitBreakerLayer<_, _>| {
         (0..KEYS)
             .filter(|k| {
@@ -770,27 +757,7 @@ async fn a_subscription_blip_lets_calls_through_a_breaker_the_fleet_opened() {
     .key_by(|k: &u32| Some(format!("k{k}")))
     .limits(1024, Duration::from_secs(3600))
     .unwrap();
-    let svc = a.layer(tower::service_fn(|_: u32| async {
-        Ok::<_, std::io::Error>(())
-    }));
-    let next = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..128)
-        .map(|_| {
-            let (svc, next) = (svc.clone(), next.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= u64::from(KEYS) {
-                        return;
-                    }
-                    svc.clone().oneshot(i as u32).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.unwrap();
-    }
+    one_call_per_key(&a, KEYS).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // asleep
     redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -75,12 +75,15 @@ async fn conformance(store: Arc<dyn Store>) {
     // A breaker nobody wrote is the implicit one, every process agrees on
     // its generation, and reading it writes nothing.
     assert_eq!(s0.generation, 1);
-    assert!(store
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .all(|(n, _)| n != a.as_str()));
+    let unlisted = || async {
+        store
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(n, _)| n != a.as_str())
+    };
+    assert!(unlisted().await);
     // Healthy traffic (successes only, no rate rule) keeps nothing either.
     let healthy = OutcomeBatch {
         generation: s0.generation,
@@ -88,12 +91,7 @@ async fn conformance(store: Arc<dyn Store>) {
         ..OutcomeBatch::default()
     };
     assert_eq!(store.record(&a, &p, healthy).await.unwrap(), s0);
-    assert!(store
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .all(|(n, _)| n != a.as_str()));
+    assert!(unlisted().await);
 
     // Its first transition takes a generation of its own, newer than any
     // earlier life of the key.

@@ -66,6 +66,14 @@ impl fmt::Display for BreakerName {
     }
 }
 
+/// Hash, equality and order are those of the name as a `str` (one field,
+/// derived), so maps keyed by names can be searched with a `&str`.
+impl std::borrow::Borrow<str> for BreakerName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for BreakerName {
     fn as_ref(&self) -> &str {
         &self.0

@@ -109,11 +109,8 @@ impl Hub {
 
     fn replicas_named(&self, name: &str) -> Vec<Arc<Replica>> {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        let Ok(name) = BreakerName::new(name) else {
-            return Vec::new();
-        };
         routes
-            .get(&name)
+            .get(name)
             .map(|entry| entry.iter().filter_map(Weak::upgrade).collect())
             .unwrap_or_default()
     }

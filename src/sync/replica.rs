@@ -723,7 +723,7 @@ impl Replica {
     /// the answer is the truth and replaces it; an answer that is merely late
     /// (overtaken by a newer one) is ignored.
     pub(crate) fn adopt(&self, ticket: u64, snapshot: Snapshot) {
-        let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
+        let (held, generation) = unpack(self.snapshot.load(Ordering::Acquire));
         if snapshot.generation >= generation {
             self.apply(snapshot);
             return;
@@ -731,7 +731,6 @@ impl Replica {
         if ticket <= self.adopted_at.load(Ordering::Acquire) {
             return;
         }
-        let (held, _) = unpack(self.snapshot.load(Ordering::Acquire));
         if snapshot.generation == IMPLICIT_GENERATION
             && snapshot.state == State::Closed
             && held == State::Closed
@@ -752,15 +751,13 @@ impl Replica {
             }
             return;
         }
-        {
-            tracing::warn!(
-                breaker = %self.name,
-                held = generation,
-                store = snapshot.generation,
-                state = %snapshot.state,
-                "the store's generation went back (failover, restore or re-created key); following the store"
-            );
-        }
+        tracing::warn!(
+            breaker = %self.name,
+            held = generation,
+            store = snapshot.generation,
+            state = %snapshot.state,
+            "the store's generation went back (failover, restore or re-created key); following the store"
+        );
         self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
         self.discard_outcomes();
     }

@@ -111,28 +111,24 @@ impl Instance {
 
 /// Waits (bounded) until `done` holds for every instance.
 pub async fn wait_until(instances: &[Instance], what: &str, done: impl Fn(&Instance) -> bool) {
-    for _ in 0..600 {
-        if instances.iter().all(&done) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let states: Vec<_> = instances
-        .iter()
-        .map(|i| (i.state(), i.breaker.is_degraded()))
-        .collect();
-    panic!("never reached: {what}; (state, degraded) = {states:?}");
+    until(instances, what, done, false).await;
 }
 
 /// Calls every instance (a healthy breaker without calls does not talk to
 /// its store, so it notices nothing) until `done` holds for each.
 pub async fn call_until(instances: &[Instance], what: &str, done: impl Fn(&Instance) -> bool) {
+    until(instances, what, done, true).await;
+}
+
+async fn until(instances: &[Instance], what: &str, done: impl Fn(&Instance) -> bool, call: bool) {
     for _ in 0..600 {
         if instances.iter().all(&done) {
             return;
         }
-        for i in instances {
-            i.call().await;
+        if call {
+            for i in instances {
+                i.call().await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -145,18 +141,5 @@ pub async fn call_until(instances: &[Instance], what: &str, done: impl Fn(&Insta
 
 /// Calls from every instance until each has seen `state`.
 pub async fn drive_until(instances: &[Instance], state: State) {
-    for _ in 0..600 {
-        if instances.iter().all(|i| i.state() == state) {
-            return;
-        }
-        for i in instances {
-            i.call().await;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let states: Vec<_> = instances
-        .iter()
-        .map(|i| (i.state(), i.breaker.is_degraded()))
-        .collect();
-    panic!("never reached {state}: {states:?}");
+    until(instances, &state.to_string(), |i| i.state() == state, true).await;
 }

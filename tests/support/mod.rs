@@ -7,6 +7,7 @@ pub mod http;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
+pub mod traffic;
 
 use std::time::Duration;
 

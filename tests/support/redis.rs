@@ -219,6 +219,28 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The port of the live master that owns `slot`, as `node` sees it.
+pub fn slot_owner(node: &RedisServer, slot: u16) -> Option<u16> {
+    let nodes = node.cli(&["CLUSTER", "NODES"]);
+    nodes.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let flags = fields.get(2)?;
+        if !flags.contains("master") || flags.contains("fail") {
+            return None;
+        }
+        let owns = fields.get(8..)?.iter().any(|range| {
+            let mut bounds = range.split('-').map(|b| b.parse::<u16>());
+            match (bounds.next(), bounds.next()) {
+                (Some(Ok(lo)), Some(Ok(hi))) => (lo..=hi).contains(&slot),
+                (Some(Ok(one)), None) => one == slot,
+                _ => false,
+            }
+        });
+        let address = fields.get(1)?.split('@').next()?;
+        owns.then(|| address.rsplit_once(':')?.1.parse().ok())?
+    })
+}
+
 /// Three masters on loopback, joined into a Redis Cluster.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,

@@ -116,24 +116,19 @@ fn master_info(sentinel: &RedisServer) -> HashMap<String, String> {
 
 /// Waits until `replica` has its link to the primary up.
 pub fn wait_link_up(replica: &RedisServer) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !replica
-        .cli(&["INFO", "replication"])
-        .contains("master_link_status:up")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_replication(replica, "master_link_status:up", "the replica never synced");
 }
 
 /// Waits until `primary` counts one replica online (synced and acknowledging).
 pub fn wait_replica_online(primary: &RedisServer) {
+    wait_replication(primary, "state=online", "the replica never came online");
+}
+
+/// Waits (at most 20 s) until `INFO replication` of `node` says `needle`.
+fn wait_replication(node: &RedisServer, needle: &str, never: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !primary
-        .cli(&["INFO", "replication"])
-        .contains("state=online")
-    {
-        assert!(Instant::now() < deadline, "the replica never came online");
+    while !node.cli(&["INFO", "replication"]).contains(needle) {
+        assert!(Instant::now() < deadline, "{never}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -92,6 +92,16 @@ impl Connection {
         self.query_raw(&cmd).await.map_err(map_error)
     }
 
+    /// Loads `script` (`SCRIPT LOAD`; on a cluster, on every master).
+    async fn load(&mut self, script: &redis::Script) -> redis::RedisResult<String> {
+        let load = script.prepare_invoke();
+        match self {
+            Connection::Single(c) => load.load_async(c).await,
+            Connection::Sentinel(p) => p.observe(load.load_async(&mut p.manager()).await),
+            Connection::Cluster(c) => load.load_async(c).await,
+        }
+    }
+
     /// One command, with redis-rs's own error (its code is needed).
     async fn query_raw<T: redis::FromRedisValue>(
         &mut self,

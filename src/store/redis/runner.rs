@@ -17,13 +17,7 @@ impl RedisStore {
     pub(super) async fn check_access(&self) -> Result<(), StoreError> {
         let mut connection = self.inner.connection.clone();
         for script in self.inner.scripts.all() {
-            let load = script.prepare_invoke();
-            match &mut connection {
-                Connection::Single(c) => load.load_async(c).await,
-                Connection::Sentinel(p) => p.observe(load.load_async(&mut p.manager()).await),
-                Connection::Cluster(c) => load.load_async(c).await,
-            }
-            .map_err(map_error)?;
+            connection.load(script).await.map_err(map_error)?;
         }
         let probe = BreakerName::new("__connect_check")
             .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
@@ -134,12 +128,7 @@ impl RedisStore {
         if matches!(&reply, Err(e) if e.code() == Some("NOSCRIPT")) {
             // After a restart or SCRIPT FLUSH: load it and ask again.
             let mut connection = self.inner.connection.clone();
-            let load = script.prepare_invoke();
-            match &mut connection {
-                Connection::Single(c) => load.load_async(c).await,
-                Connection::Sentinel(p) => p.observe(load.load_async(&mut p.manager()).await),
-                Connection::Cluster(c) => load.load_async(c).await,
-            }?;
+            connection.load(script).await?;
             reply = connection.query_raw::<Vec<i64>>(&cmd).await;
         }
         let reply = reply?;
