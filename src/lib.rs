@@ -86,6 +86,7 @@ mod error;
 mod future;
 mod key;
 pub mod keyed;
+mod lanes;
 mod layer;
 mod machine;
 mod on_open;

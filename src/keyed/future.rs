@@ -82,9 +82,8 @@ where
                     };
                     match decision {
                         Ok(admission) => {
-                            let (timer, timed) = shared.call_timer();
                             let future = inner.call(request);
-                            ResponseFuture::called(future, shared, admission, timer, timed)
+                            ResponseFuture::called(future, shared, admission)
                         }
                         Err(open) => ResponseFuture::rejected(Box::new(open)),
                     }

@@ -147,6 +147,7 @@ impl<C: Clone> Registry<C> {
             name,
             self.policies.policy_for(key).clone(),
             self.base.replica.hub.clone(),
+            1,
         );
         replica.degraded.set_mode(self.failure_mode());
         let replica = Arc::new(replica);

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::lanes::StripedCounter;
 use crate::machine::{break_ms, IMPLICIT_GENERATION};
 use crate::rand::{instance_id, instance_id as lease_id, rand16};
 use crate::store::{OutcomeBatch, ProbeResult, Store};
@@ -52,9 +53,10 @@ pub(crate) enum Peek {
 }
 
 /// Outcome counters for the current generation, flushed as an [`OutcomeBatch`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
-    successes: AtomicU32,
+    /// Written by every successful call: striped per thread (see `lanes`).
+    successes: StripedCounter,
     failures: AtomicU32,
     slow: AtomicU32,
     /// This replica's own run of consecutive failures (not reset by a flush).
@@ -69,6 +71,22 @@ struct Counters {
     last_failure: AtomicU64,
     /// When the last batch was taken.
     taken: AtomicU64,
+}
+
+impl Counters {
+    fn new(lanes: usize) -> Self {
+        Counters {
+            successes: StripedCounter::new(lanes),
+            failures: AtomicU32::default(),
+            slow: AtomicU32::default(),
+            run: AtomicU32::default(),
+            run_started: AtomicU64::default(),
+            run_broken: AtomicU64::default(),
+            counted: AtomicU32::default(),
+            last_failure: AtomicU64::default(),
+            taken: AtomicU64::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -144,7 +162,10 @@ impl Drop for Replica {
 }
 
 impl Replica {
-    pub(crate) fn new(name: BreakerName, policy: Policy, hub: Arc<Hub>) -> Self {
+    /// A replica whose success counter is striped over `lanes` lanes (one
+    /// for a keyed layer's many breakers, each lightly used; the cores for
+    /// a layer's single breaker).
+    pub(crate) fn new(name: BreakerName, policy: Policy, hub: Arc<Hub>, lanes: usize) -> Self {
         Replica {
             name,
             policy,
@@ -156,7 +177,7 @@ impl Replica {
             deadline: AtomicU64::new(0),
             writer: Mutex::new(()),
             epoch: Instant::now(),
-            counters: Counters::default(),
+            counters: Counters::new(lanes),
             window: LocalWindow::default(),
             local_opens: AtomicU32::new(0),
             trip_pending: AtomicBool::new(false),
@@ -180,7 +201,7 @@ impl Replica {
     /// hand; otherwise on the first call), so it reads the shared state before
     /// its first call needs it.
     pub(crate) fn spawn(name: BreakerName, policy: Policy, hub: Arc<Hub>) -> Arc<Self> {
-        let replica = Arc::new(Self::new(name, policy, hub));
+        let replica = Arc::new(Self::new(name, policy, hub, crate::lanes::count()));
         replica.hub.join(&replica);
         crate::sync::driver::start(&replica);
         replica
@@ -270,7 +291,7 @@ impl Replica {
         match outcome {
             Outcome::Ignore => return,
             Outcome::Success => {
-                c.successes.fetch_add(1, Ordering::SeqCst);
+                c.successes.add(Ordering::SeqCst);
                 if self.asleep.load(Ordering::SeqCst) {
                     self.rouse();
                 }
@@ -573,7 +594,7 @@ impl Replica {
         let now = self.now_nanos();
         let previous = c.taken.swap(now, Ordering::Relaxed);
         self.break_pending.store(false, Ordering::Relaxed);
-        let successes = c.successes.swap(0, Ordering::Relaxed);
+        let successes = c.successes.take();
         let failures = c.failures.swap(0, Ordering::Relaxed);
         let slow = c.slow.swap(0, Ordering::Relaxed);
         // This replica's run joins the fleet's run only once it holds
@@ -635,7 +656,7 @@ impl Replica {
     /// Drops the counted outcomes (they belong to a generation that is gone).
     fn discard_outcomes(&self) {
         let c = &self.counters;
-        c.successes.store(0, Ordering::Relaxed);
+        c.successes.take();
         c.failures.store(0, Ordering::Relaxed);
         c.slow.store(0, Ordering::Relaxed);
         c.run.store(0, Ordering::Relaxed);
