@@ -102,7 +102,10 @@ impl Breaker {
         let r = &self.replica;
         let ticket = r.ticket();
         let snapshot = r.store.force(&r.name, &r.policy, force).await?;
+        r.observer.push(crate::events::Event::Forced { force });
+        tracing::info!(breaker = %r.name, force = ?force, state = snapshot.state.as_str(), generation = snapshot.generation, "breaker forced");
         r.adopt(ticket, snapshot);
+        r.mail.notify_one();
         Ok(snapshot)
     }
 }

@@ -109,7 +109,7 @@ impl DistributedCircuitBreakerLayer {
     /// Like [`new`](Self::new), for a store already behind an `Arc<dyn Store>`.
     pub fn with_store(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
         Self::from_shared(Shared {
-            replica: Replica::spawn(name, policy, Hub::new(store)),
+            replica: Replica::spawn(name, policy, Hub::new(store), Arc::new(())),
             classifier: Arc::new(ErrorsAsFailures),
             call_timeout: None,
             rejection: Rejection::Fail,
@@ -154,6 +154,36 @@ impl<C> DistributedCircuitBreakerLayer<C> {
     /// [`StoreFailure::Local`], decide alone). Applies to every clone.
     pub fn on_store_failure(self, mode: StoreFailure) -> Self {
         self.shared.replica.degraded.set_mode(mode);
+        self
+    }
+
+    /// Tells `listener` what happens to the breaker: transitions (this
+    /// process's, and the fleet's once per fleet), rejection counts, probes,
+    /// store trouble, operator commands; see [`Event`](crate::events::Event).
+    ///
+    /// The listener belongs to the breaker, so it replaces the one of every
+    /// clone of this layer and of the services built from it. A keyed
+    /// layer's breakers hear it too (its listener is called with each key's
+    /// breaker name).
+    ///
+    /// ```
+    /// use distributed_circuit_breaker::events::Event;
+    /// use distributed_circuit_breaker::{BreakerName, DistributedCircuitBreakerLayer, MemoryStore, Policy};
+    ///
+    /// let layer = DistributedCircuitBreakerLayer::new("search", Policy::default(), MemoryStore::new())?
+    ///     .on_event(|name: &BreakerName, event: &Event| {
+    ///         if let Event::FleetTransition(t) = event {
+    ///             eprintln!("{name} went {} -> {}", t.from, t.to);
+    ///         }
+    ///     });
+    /// # drop(layer);
+    /// # Ok::<(), distributed_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn on_event(self, listener: impl crate::events::Listener) -> Self {
+        self.shared
+            .replica
+            .observer
+            .set_listener(Arc::new(listener));
         self
     }
 

@@ -83,12 +83,15 @@ mod config;
 mod config_error;
 mod deferred;
 mod error;
+pub mod events;
 mod future;
 mod key;
 pub mod keyed;
 mod lanes;
 mod layer;
 mod machine;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod on_open;
 mod policy;
 mod policy_set;

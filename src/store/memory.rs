@@ -122,6 +122,7 @@ impl MemoryStore {
         name: &BreakerName,
         policy: &Policy,
         writes: bool,
+        origin: u64,
         op: impl FnOnce(&mut Machine, &Params, u64) -> T,
     ) -> (T, Snapshot) {
         let params = policy.params();
@@ -138,20 +139,22 @@ impl MemoryStore {
         {
             breakers.map.remove(name);
         }
-        let (out, before, snapshot) = match breakers.map.get_mut(name) {
+        let (out, before, from, snapshot) = match breakers.map.get_mut(name) {
             Some(entry) => {
                 let before = entry.machine.generation;
+                let from = entry.machine.state;
                 let out = op(&mut entry.machine, params, now);
                 if writes || entry.machine.generation != before {
                     entry.expires_at = entry.machine.keep_until(params, now);
                 }
-                (out, before, entry.machine.snapshot(params, now))
+                (out, before, from, entry.machine.snapshot(params, now))
             }
             None => {
                 // Not held: the implicit breaker, kept only once something
                 // worth keeping happened to it.
                 let mut machine = Machine::implicit();
                 let before = machine.generation;
+                let from = machine.state;
                 let out = op(&mut machine, params, now);
                 let snapshot = machine.snapshot(params, now);
                 if machine.worth_keeping(params) {
@@ -164,7 +167,7 @@ impl MemoryStore {
                         },
                     );
                 }
-                (out, before, snapshot)
+                (out, before, from, snapshot)
             }
         };
         if snapshot.generation != before {
@@ -173,6 +176,8 @@ impl MemoryStore {
                 name: name.as_str().to_owned(),
                 snapshot,
                 received: Instant::now(),
+                origin,
+                from: Some(from),
             }));
         }
         (out, snapshot)
@@ -217,7 +222,7 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         batch: OutcomeBatch,
     ) -> StoreFuture<'a, Snapshot> {
-        let (other, snapshot) = self.step(name, policy, true, |m, p, now| {
+        let (other, snapshot) = self.step(name, policy, true, batch.instance, |m, p, now| {
             m.record(p, now, &batch, rand16())
         });
         if let Some(theirs) = other {
@@ -234,7 +239,9 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         lease: u64,
     ) -> StoreFuture<'a, Acquired> {
-        let (acquired, _) = self.step(name, policy, true, |m, p, now| m.acquire(p, now, lease));
+        let (acquired, _) = self.step(name, policy, true, lease, |m, p, now| {
+            m.acquire(p, now, lease)
+        });
         ready(acquired)
     }
 
@@ -246,7 +253,7 @@ impl Store for MemoryStore {
         lease: u64,
         result: ProbeResult,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, true, |m, p, now| {
+        let ((), snapshot) = self.step(name, policy, true, lease, |m, p, now| {
             m.release(p, now, generation, lease, result, rand16());
         });
         ready(snapshot)
@@ -258,7 +265,7 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         force: Force,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, true, |m, _, now| m.force(now, force));
+        let ((), snapshot) = self.step(name, policy, true, 0, |m, _, now| m.force(now, force));
         ready(snapshot)
     }
 
@@ -267,7 +274,7 @@ impl Store for MemoryStore {
         name: &'a BreakerName,
         policy: &'a Policy,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, false, |m, _, now| m.expire(now));
+        let ((), snapshot) = self.step(name, policy, false, 0, |m, _, now| m.expire(now));
         ready(snapshot)
     }
 

@@ -13,6 +13,7 @@ pub(crate) mod degraded;
 pub(crate) mod driver;
 pub(crate) mod hub;
 pub(crate) mod local;
+pub(crate) mod observer;
 pub(crate) mod permit;
 pub(crate) mod replica;
 
