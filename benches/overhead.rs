@@ -241,6 +241,31 @@ fn overhead(c: &mut Criterion) {
     group.finish();
 
     contention(c, &rt);
+    #[cfg(feature = "metrics")]
+    metrics_on(c, &rt);
+}
+
+/// The closed call with a metrics recorder installed (last: the recorder
+/// stays for the rest of the process). Run with `--features metrics`.
+#[cfg(feature = "metrics")]
+fn metrics_on(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    metrics_util::debugging::DebuggingRecorder::new()
+        .install()
+        .expect("no recorder yet");
+    let mut group = c.benchmark_group("closed_call");
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    let layer = rt.block_on(async {
+        DistributedCircuitBreakerLayer::new("metrics", Policy::default(), MemoryStore::new())
+            .unwrap()
+    });
+    bench_service(
+        &mut group,
+        rt,
+        "distributed-circuit-breaker (metrics on)",
+        layer.layer(Plain),
+    );
+    group.finish();
 }
 
 /// Throughput of one breaker shared by 1, 2, ... threads (up to the cores

@@ -131,10 +131,12 @@ impl<C> DistributedCircuitBreakerLayer<C> {
     /// Fails a call that takes longer than `timeout` with
     /// [`CallTimeout`](crate::CallTimeout) and counts it as a failure.
     ///
-    /// The timer costs one small allocation per call; without a call timeout
-    /// the closed path allocates nothing. (`tower::timeout` composed inside the
-    /// breaker keeps its timer inline instead, and its `Elapsed` error counts
-    /// as a failure with the stock classifiers.)
+    /// The timer lives in the response future (no allocation) and is armed
+    /// only if the inner future is not ready when first polled: a call that
+    /// answers at once never touches tokio's timer. It counts from the call
+    /// when the call's duration is measured anyway (slow-call rule, or a
+    /// classifier that uses it), else from that first poll, which for a
+    /// response future polled at once is the same moment.
     pub fn call_timeout(self, timeout: Duration) -> Self
     where
         C: Clone,
@@ -185,6 +187,57 @@ impl<C> DistributedCircuitBreakerLayer<C> {
             .observer
             .set_listener(Arc::new(listener));
         self
+    }
+
+    /// Checks the dependency actively while the breaker is open: every
+    /// `interval`, one process of the fleet (whichever holds the turn in the
+    /// store; a holder that dies hands it on within three intervals) runs
+    /// `check`. A check that answers `true` moves the breaker to half-open
+    /// at once, ending the break early; probes then decide as after any
+    /// break (`successes_to_close` of them close it). One that answers
+    /// `false`, or not within `interval`, keeps the breaker open until the
+    /// next check at least.
+    ///
+    /// Needs a tokio runtime when called. Fails if `interval` is under 10 ms
+    /// or over [`MAX_DURATION`](crate::MAX_DURATION), or if the breaker has
+    /// a health check already. A keyed layer's breakers have none: the check
+    /// is the base breaker's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, MemoryStore, Policy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), distributed_circuit_breaker::ConfigError> {
+    /// let layer = DistributedCircuitBreakerLayer::new("inventory", Policy::default(), MemoryStore::new())?
+    ///     .health_check(Duration::from_secs(2), || async {
+    ///         // e.g. GET http://inventory/healthz answered 200
+    ///         true
+    ///     })?;
+    /// # drop(layer); Ok(()) }
+    /// ```
+    pub fn health_check<F, Fut>(self, interval: Duration, check: F) -> Result<Self, ConfigError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        if interval < Duration::from_millis(10) || interval > crate::MAX_DURATION {
+            return Err(ConfigError::new(
+                "health_check.interval",
+                format!(
+                    "must be between 10ms and {:?}, got {interval:?}",
+                    crate::MAX_DURATION
+                ),
+            ));
+        }
+        if !self.shared.replica.claim_health_check() {
+            return Err(ConfigError::new(
+                "health_check",
+                "this breaker has a health check already (one per breaker)",
+            ));
+        }
+        let check: crate::sync::health::CheckFn = Arc::new(move || Box::pin(check()));
+        crate::sync::health::start(&self.shared.replica, check, interval);
+        Ok(self)
     }
 
     /// A handle to inspect and command the breaker.

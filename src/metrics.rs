@@ -10,12 +10,13 @@
 
 use std::sync::Arc;
 
-use metrics::{counter, gauge, histogram, SharedString};
+use metrics::{counter, gauge, histogram, Counter, SharedString};
 use tokio::time::Instant;
 
 use crate::events::Event;
 use crate::store::{
-    Acquired, BreakerName, Force, OutcomeBatch, ProbeResult, Store, StoreError, StoreFuture,
+    Acquired, BreakerName, Force, HealthCheck, HealthTurn, OutcomeBatch, ProbeResult, Store,
+    StoreError, StoreFuture,
 };
 use crate::{Policy, Snapshot, State, StoreEvent};
 
@@ -23,19 +24,42 @@ fn label(name: &BreakerName) -> SharedString {
     SharedString::from(name.shared())
 }
 
-/// Outcomes a replica counted (handed to the store, or dropped with a
-/// generation that was gone).
-pub(crate) fn outcomes(name: &BreakerName, successes: u64, failures: u64, slow: u64) {
-    if successes > 0 {
-        counter!("dcb_calls_total", "breaker" => label(name), "outcome" => "success")
-            .increment(successes);
+/// The counters a replica adds its outcomes to at every batch: registered
+/// once, when the breaker is built (so install the recorder before building
+/// layers), and then counted without building a key or allocating.
+pub(crate) struct OutcomeCounters {
+    success: Counter,
+    failure: Counter,
+    slow: Counter,
+}
+
+impl OutcomeCounters {
+    pub(crate) fn new(name: &BreakerName) -> Self {
+        OutcomeCounters {
+            success: counter!("dcb_calls_total", "breaker" => label(name), "outcome" => "success"),
+            failure: counter!("dcb_calls_total", "breaker" => label(name), "outcome" => "failure"),
+            slow: counter!("dcb_slow_calls_total", "breaker" => label(name)),
+        }
     }
-    if failures > 0 {
-        counter!("dcb_calls_total", "breaker" => label(name), "outcome" => "failure")
-            .increment(failures);
+
+    /// Outcomes a replica counted (handed to the store, or dropped with a
+    /// generation that was gone).
+    pub(crate) fn add(&self, successes: u64, failures: u64, slow: u64) {
+        if successes > 0 {
+            self.success.increment(successes);
+        }
+        if failures > 0 {
+            self.failure.increment(failures);
+        }
+        if slow > 0 {
+            self.slow.increment(slow);
+        }
     }
-    if slow > 0 {
-        counter!("dcb_slow_calls_total", "breaker" => label(name)).increment(slow);
+}
+
+impl std::fmt::Debug for OutcomeCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutcomeCounters")
     }
 }
 
@@ -219,6 +243,15 @@ impl Store for Metered {
 
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {
         self.time("list", self.0.list())
+    }
+
+    fn health<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        check: HealthCheck,
+    ) -> StoreFuture<'a, HealthTurn> {
+        self.time("health", self.0.health(name, policy, check))
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {

@@ -8,12 +8,13 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    Acquired, BreakerName, Force, OutcomeBatch, PolicyConflicts, ProbeResult, Store, StoreFuture,
+    Acquired, BreakerName, Force, HealthCheck, HealthTurn, OutcomeBatch, PolicyConflicts,
+    ProbeResult, Store, StoreFuture,
 };
 use crate::machine::Machine;
 use crate::policy::Params;
 use crate::rand::rand16;
-use crate::{Policy, Snapshot, StoreEvent, Transition};
+use crate::{Policy, Snapshot, State, StoreEvent, Transition};
 
 /// How many transitions a slow subscriber may fall behind before it skips
 /// ahead (it then resynchronises on its next refresh).
@@ -58,6 +59,9 @@ struct Inner {
 struct Breakers {
     map: HashMap<BreakerName, Entry>,
     operations: u64,
+    /// Health-check turns: holder and when the turn ends (the Redis store
+    /// keeps them in a key of their own).
+    turns: HashMap<BreakerName, (u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +280,62 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, Snapshot> {
         let ((), snapshot) = self.step(name, policy, false, 0, |m, _, now| m.expire(now));
         ready(snapshot)
+    }
+
+    fn health<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        check: HealthCheck,
+    ) -> StoreFuture<'a, HealthTurn> {
+        let lease_ms = crate::machine::force_ms(check.lease);
+        let extend_ms = crate::machine::force_ms(check.extend);
+        let (holder, snapshot) = self.step(name, policy, true, check.holder, |m, _, now| {
+            (m.state, m.generation, now)
+        });
+        let (state, _, now) = holder;
+        let mut breakers = self.lock();
+        let held = breakers
+            .turns
+            .get(name)
+            .filter(|(_, until)| *until > now)
+            .map_or(0, |(holder, _)| *holder);
+        if state != State::Open {
+            if held == check.holder {
+                breakers.turns.remove(name);
+            }
+            return ready(HealthTurn {
+                holder: false,
+                snapshot,
+            });
+        }
+        if held != 0 && held != check.holder {
+            return ready(HealthTurn {
+                holder: false,
+                snapshot,
+            });
+        }
+        breakers.turns.insert(
+            name.clone(),
+            (check.holder, now.saturating_add(lease_ms.max(1))),
+        );
+        drop(breakers);
+        let Some(healthy) = check.report else {
+            return ready(HealthTurn {
+                holder: true,
+                snapshot,
+            });
+        };
+        let (moved, snapshot) = self.step(name, policy, true, check.holder, |m, _, now| {
+            m.health_report(now, check.generation, healthy, extend_ms)
+        });
+        if moved {
+            self.lock().turns.remove(name);
+        }
+        ready(HealthTurn {
+            holder: true,
+            snapshot,
+        })
     }
 
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {

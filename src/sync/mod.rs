@@ -11,6 +11,7 @@
 
 pub(crate) mod degraded;
 pub(crate) mod driver;
+pub(crate) mod health;
 pub(crate) mod hub;
 pub(crate) mod local;
 pub(crate) mod observer;

@@ -27,10 +27,15 @@ pub(crate) struct Observer {
     degraded_since: Mutex<Option<Instant>>,
     /// What this replica's latest own trip saw, for the fleet's event.
     last_trip: Mutex<Option<Cause>>,
+    /// The latest batch with failures this replica handed to the store.
+    last_report: Mutex<Option<Cause>>,
     /// The name metrics label this breaker with: its own, or a keyed
     /// layer's base name (one series per layer, not per key).
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) label: BreakerName,
+    /// Where outcome counts go.
+    #[cfg(feature = "metrics")]
+    pub(crate) outcomes: crate::metrics::OutcomeCounters,
 }
 
 impl std::fmt::Debug for Observer {
@@ -52,6 +57,9 @@ impl Observer {
             rejected: AtomicU64::new(0),
             degraded_since: Mutex::new(None),
             last_trip: Mutex::new(None),
+            last_report: Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            outcomes: crate::metrics::OutcomeCounters::new(&label),
             label,
         }
     }
@@ -114,6 +122,22 @@ impl Observer {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A batch with failures went to the store: if it trips the fleet,
+    /// these are its numbers.
+    pub(crate) fn reported(&self, batch: Cause) {
+        *self
+            .last_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(batch);
+    }
+
+    pub(crate) fn last_report(&self) -> Option<Cause> {
+        *self
+            .last_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A fleet-wide transition this process made.
     pub(crate) fn fleet_transition(&self, name: &BreakerName, event: TransitionEvent) {
         log_transition(
@@ -137,7 +161,7 @@ impl Observer {
             crate::Outcome::Failure => (0, 1),
             crate::Outcome::Ignore => return,
         };
-        crate::metrics::outcomes(&self.label, successes, failures, u64::from(slow));
+        self.outcomes.add(successes, failures, u64::from(slow));
     }
 
     /// One call rejected (the rejected path, never the closed one).

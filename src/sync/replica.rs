@@ -143,6 +143,8 @@ pub(crate) struct Replica {
     /// The generation of the half-open state this replica's health check
     /// brought about (0: none).
     pub(crate) health_passed: AtomicU64,
+    /// A health check runs for this breaker.
+    health_checked: AtomicBool,
     /// Tells the world what happens to this breaker.
     pub(crate) observer: Observer,
     /// Wakes calls waiting for the first answer of the store.
@@ -223,6 +225,7 @@ impl Replica {
             instance: (instance_id() & !ORIGIN_LOW).max(ORIGIN_LOW + 1),
             leases: AtomicU32::new(0),
             health_passed: AtomicU64::new(0),
+            health_checked: AtomicBool::new(false),
             observer,
             synced: Notify::new(),
             changed: Notify::new(),
@@ -513,9 +516,12 @@ impl Replica {
         let to = transition.snapshot.state;
         let from = transition.from.unwrap_or(State::Closed);
         let cause = match (from, to) {
+            // Its own trip, or (merged counts) the batch of its that
+            // tipped the fleet.
             (State::Closed, State::Open) => self
                 .observer
                 .last_trip()
+                .or_else(|| self.observer.last_report())
                 .unwrap_or(Cause::rule(Rule::FleetCounts)),
             (State::Open, State::HalfOpen)
                 if self.health_passed.load(Ordering::Relaxed) == transition.snapshot.generation =>
@@ -527,11 +533,6 @@ impl Replica {
             (State::HalfOpen, State::Open) => Cause::rule(Rule::ProbeFailed),
             _ => Cause::rule(Rule::Learned),
         };
-        let cause = if (from, to) == (State::Closed, State::Open) && cause.rule == Rule::Learned {
-            Cause::rule(Rule::FleetCounts)
-        } else {
-            cause
-        };
         self.observer.fleet_transition(
             &self.name,
             TransitionEvent {
@@ -542,6 +543,32 @@ impl Replica {
                 cause,
             },
         );
+    }
+
+    /// Marks the breaker as health-checked; `false` if it already was.
+    pub(crate) fn claim_health_check(&self) -> bool {
+        !self.health_checked.swap(true, Ordering::AcqRel)
+    }
+
+    /// This replica's id as the origin of what it asks the store.
+    pub(crate) fn origin_id(&self) -> u64 {
+        self.instance
+    }
+
+    /// The health check will report the open state of `generation - 1`
+    /// healthy: the half-open `generation` is its doing.
+    pub(crate) fn health_passed(&self, generation: u64) {
+        self.health_passed.store(generation, Ordering::Relaxed);
+    }
+
+    /// The generation of the fleet's open state, if the breaker is open
+    /// fleet-wide as far as this replica knows (not on its own judgement
+    /// only, not forced, not while the store is away).
+    pub(crate) fn fleet_open(&self) -> Option<u64> {
+        let packed = self.snapshot.load(Ordering::Acquire);
+        let (state, generation) = unpack(packed);
+        (state == State::Open && packed & LOCAL == 0 && !self.degraded.is_degraded())
+            .then_some(generation)
     }
 
     /// A new probe lease id: this replica's instance in the high bits, so
@@ -701,12 +728,9 @@ impl Replica {
         let failures = c.failures.swap(0, Ordering::Relaxed);
         let slow = c.slow.swap(0, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        crate::metrics::outcomes(
-            &self.observer.label,
-            u64::from(successes),
-            u64::from(failures),
-            u64::from(slow),
-        );
+        self.observer
+            .outcomes
+            .add(u64::from(successes), u64::from(failures), u64::from(slow));
         // This replica's run joins the fleet's run only once it holds
         // `CORROBORATION` failures in a row (then whole, earlier batches'
         // failures included): one failure between successes is what any
@@ -750,6 +774,15 @@ impl Replica {
             cause.run = c.run.load(Ordering::Relaxed);
             self.trip_locally(cause);
         }
+        if failures > 0 {
+            self.observer.reported(Cause {
+                rule: Rule::FleetCounts,
+                failures: u64::from(failures),
+                slow: u64::from(slow),
+                calls: u64::from(successes) + u64::from(failures),
+                run,
+            });
+        }
         OutcomeBatch {
             generation,
             successes,
@@ -772,8 +805,7 @@ impl Replica {
         let _slow = c.slow.swap(0, Ordering::Relaxed);
         // Dropped for the store (another generation), still calls made.
         #[cfg(feature = "metrics")]
-        crate::metrics::outcomes(
-            &self.observer.label,
+        self.observer.outcomes.add(
             u64::from(_successes),
             u64::from(_failures),
             u64::from(_slow),
