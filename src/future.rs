@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep};
 use crate::deferred::Recorder;
 use crate::layer::Shared;
 use crate::sync::permit::Admission;
+use crate::sync::replica::Replica;
 use crate::{BoxError, CallTimeout, CircuitOpen, Classifier, Deferred, Outcome};
 
 pin_project! {
@@ -52,7 +53,10 @@ struct Call<C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn rejected(open: Box<CircuitOpen>) -> Self {
+    /// A call turned away by `replica`'s breaker (counted for its listener
+    /// and metrics).
+    pub(crate) fn rejected(open: Box<CircuitOpen>, replica: &Replica) -> Self {
+        replica.observer.rejected(open.state());
         Self {
             kind: Kind::Rejected { open: Some(open) },
         }

@@ -168,20 +168,23 @@ where
         }
         let admission = match std::mem::replace(&mut self.readiness, Readiness::Idle) {
             Readiness::Admitted(admission) => admission,
-            Readiness::Rejected(open) => return ResponseFuture::rejected(open),
+            Readiness::Rejected(open) => {
+                return ResponseFuture::rejected(open, &self.lanes.shared().replica)
+            }
             // `call` without `poll_ready` breaks the `Service` contract; decide
             // from the current state rather than panic.
             _ => match self.lanes.shared().replica.peek() {
                 Peek::Pass { generation, count } => Admission::Pass { generation, count },
                 Peek::Reject { state, retry_after } => {
-                    let open = self.lanes.shared().replica.open_error(state, retry_after);
-                    return ResponseFuture::rejected(Box::new(open));
+                    let replica = &self.lanes.shared().replica;
+                    let open = replica.open_error(state, retry_after);
+                    return ResponseFuture::rejected(Box::new(open), replica);
                 }
                 // The next `poll_ready` asks for a permit.
                 Peek::NeedsPermit => {
                     let replica = &self.lanes.shared().replica;
                     let open = replica.open_error(replica.current().state, Duration::ZERO);
-                    return ResponseFuture::rejected(Box::new(open));
+                    return ResponseFuture::rejected(Box::new(open), replica);
                 }
             },
         };

@@ -47,6 +47,11 @@ impl State {
         }
     }
 
+    /// The state's place in [`State::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self.code() as usize
+    }
+
     pub(crate) fn from_code(code: u64) -> Option<State> {
         State::ALL.get(usize::try_from(code).ok()?).copied()
     }

@@ -24,7 +24,7 @@ pub enum Event {
     Rejected {
         /// How many.
         count: u64,
-        /// The state they were rejected in, as of the report.
+        /// The state they were rejected in (one event per state met).
         state: State,
     },
     /// This process was granted a half-open probe permit.

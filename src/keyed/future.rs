@@ -85,7 +85,7 @@ where
                             let future = inner.call(request);
                             ResponseFuture::called(future, shared, admission)
                         }
-                        Err(open) => ResponseFuture::rejected(Box::new(open)),
+                        Err(open) => ResponseFuture::rejected(Box::new(open), &shared.replica),
                     }
                 }
             };

@@ -72,7 +72,10 @@ where
             }
             Peek::Reject { state, retry_after } => {
                 let open = shared.replica.open_error(state, retry_after);
-                KeyedResponseFuture::running(ResponseFuture::rejected(Box::new(open)))
+                KeyedResponseFuture::running(ResponseFuture::rejected(
+                    Box::new(open),
+                    &shared.replica,
+                ))
             }
             Peek::NeedsPermit => {
                 // The permit is asked for in the future; the service that

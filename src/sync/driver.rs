@@ -219,9 +219,7 @@ async fn run(weak: Weak<Replica>) {
 
 /// Hands what happened to the breaker to its listener and metrics.
 fn deliver_events(replica: &Replica) {
-    replica
-        .observer
-        .deliver(&replica.name, replica.current().state);
+    replica.observer.deliver(&replica.name);
 }
 
 /// Applies an announcement if it is the next generation; `false` when the

@@ -21,8 +21,8 @@ pub(crate) struct Observer {
     listener: RwLock<Arc<dyn Listener>>,
     queue: Mutex<VecDeque<Event>>,
     dropped: AtomicU64,
-    /// Calls rejected since the last report.
-    rejected: AtomicU64,
+    /// Calls rejected since the last report, by the state they met.
+    rejected: [AtomicU64; 6],
     /// When the store stopped answering.
     degraded_since: Mutex<Option<Instant>>,
     /// What this replica's latest own trip saw, for the fleet's event.
@@ -54,7 +54,7 @@ impl Observer {
             listener: RwLock::new(listener),
             queue: Mutex::new(VecDeque::new()),
             dropped: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
+            rejected: Default::default(),
             degraded_since: Mutex::new(None),
             last_trip: Mutex::new(None),
             last_report: Mutex::new(None),
@@ -164,9 +164,11 @@ impl Observer {
         self.outcomes.add(successes, failures, u64::from(slow));
     }
 
-    /// One call rejected (the rejected path, never the closed one).
-    pub(crate) fn rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+    /// One call rejected in `state` (the rejected path, never the closed one).
+    pub(crate) fn rejected(&self, state: State) {
+        if let Some(count) = self.rejected.get(state.index()) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn degraded(&self, error: String) {
@@ -190,12 +192,15 @@ impl Observer {
     }
 
     /// Hands what happened since the last delivery to the listener and the
-    /// metrics; `state` is the breaker's state now (for the rejection count).
-    pub(crate) fn deliver(&self, name: &BreakerName, state: State) {
-        let rejected = self.rejected.swap(0, Ordering::Relaxed);
+    /// metrics.
+    pub(crate) fn deliver(&self, name: &BreakerName) {
+        let mut rejected = [0u64; 6];
+        for (taken, count) in rejected.iter_mut().zip(&self.rejected) {
+            *taken = count.swap(0, Ordering::Relaxed);
+        }
         let events: Vec<Event> = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if queue.is_empty() && rejected == 0 {
+            if queue.is_empty() && rejected.iter().all(|n| *n == 0) {
                 return;
             }
             queue.drain(..).collect()
@@ -210,11 +215,11 @@ impl Observer {
             crate::metrics::event(&self.label, event);
             listener.on_event(name, event);
         }
-        if rejected > 0 {
-            let event = Event::Rejected {
-                count: rejected,
-                state,
-            };
+        for (state, count) in State::ALL.into_iter().zip(rejected) {
+            if count == 0 {
+                continue;
+            }
+            let event = Event::Rejected { count, state };
             #[cfg(feature = "metrics")]
             crate::metrics::event(&self.label, &event);
             listener.on_event(name, &event);

@@ -1225,9 +1225,9 @@ impl Replica {
         self.store_pair(pack(state, generation, false), remaining, why);
     }
 
-    /// The error of a rejected call (counted for the listener and metrics).
+    /// The error of a call turned away (logged at `debug`; counted where
+    /// the call is rejected).
     pub(crate) fn open_error(&self, state: State, retry_after: Duration) -> CircuitOpen {
-        self.observer.rejected();
         tracing::debug!(breaker = %self.name, state = state.as_str(), retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX), "call rejected");
         CircuitOpen::new(self.name.clone(), state, retry_after)
     }
