@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::deferred::Recorder;
 use crate::layer::Shared;
 use crate::sync::permit::Admission;
 use crate::sync::replica::Replica;
+use crate::timer::{CallTimer, Untimed};
 use crate::{BoxError, CallTimeout, CircuitOpen, Classifier, Deferred, Outcome};
 
 pin_project! {
@@ -21,24 +22,24 @@ pin_project! {
     /// [`CallTimeout`]. Classifies and counts the result when it completes; a
     /// probe dropped before completing returns its permit; a call whose inner
     /// future panics counts as a failure.
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<F, C, T: CallTimer = Untimed> {
         #[pin]
-        kind: Kind<F, C>,
+        kind: Kind<F, C, T>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C> {
+    enum Kind<F, C, T: CallTimer> {
         Rejected { open: Option<Box<CircuitOpen>> },
         Called {
             #[pin]
             future: F,
             // Armed when the inner future is first found pending: a call
             // answered at once never touches tokio's timer, and no call
-            // allocates for one.
+            // allocates for one. Zero bytes for an untimed layer.
             #[pin]
-            timeout: Option<Sleep>,
+            timeout: Option<T::Sleep>,
             call: Option<Call<C>>,
         },
     }
@@ -52,7 +53,7 @@ struct Call<C> {
     started: Option<Instant>,
 }
 
-impl<F, C> ResponseFuture<F, C> {
+impl<F, C, T: CallTimer> ResponseFuture<F, C, T> {
     /// A call turned away by `replica`'s breaker (counted for its listener
     /// and metrics).
     pub(crate) fn rejected(open: Box<CircuitOpen>, replica: &Replica) -> Self {
@@ -63,9 +64,9 @@ impl<F, C> ResponseFuture<F, C> {
     }
 
     #[inline(always)]
-    pub(crate) fn called<T, E>(future: F, shared: Arc<Shared<C>>, admission: Admission) -> Self
+    pub(crate) fn called<R, E>(future: F, shared: Arc<Shared<C>>, admission: Admission) -> Self
     where
-        C: Classifier<T, E>,
+        C: Classifier<R, E>,
     {
         let timed = shared.timed();
         Self {
@@ -82,13 +83,14 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C>
+impl<F, C, T, R, E> Future for ResponseFuture<F, C, T>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<R, E>>,
     E: Into<BoxError>,
-    C: Classifier<T, E>,
+    C: Classifier<R, E>,
+    T: CallTimer,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<R, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -127,7 +129,7 @@ where
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 if timeout.is_none() {
-                    if let Some(sleep) = call.as_ref().and_then(Call::timer) {
+                    if let Some(sleep) = call.as_ref().and_then(Call::timer::<T>) {
                         timeout.set(Some(sleep));
                     }
                 }
@@ -172,7 +174,7 @@ impl<C> Call<C> {
     /// that was measured, else from now (the first poll that found the
     /// inner future pending).
     #[cold]
-    fn timer(&self) -> Option<Sleep> {
+    fn timer<T: CallTimer>(&self) -> Option<T::Sleep> {
         let limit = self.shared.call_timeout?;
         // A tokio timer outside a tokio runtime panics; run the call
         // without one rather than take the caller down (said once).
@@ -181,7 +183,7 @@ impl<C> Call<C> {
             return None;
         }
         let start = self.started.unwrap_or_else(Instant::now);
-        Some(tokio::time::sleep_until(start + limit))
+        T::sleep_until(start + limit)
     }
 
     #[inline(always)]
@@ -215,7 +217,7 @@ impl<C> Call<C> {
     }
 }
 
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<F, C, T: CallTimer> fmt::Debug for ResponseFuture<F, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Rejected { .. } => "rejected",

@@ -1,6 +1,7 @@
 //! The tower [`Layer`] that puts a breaker in front of a service.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tower_layer::Layer;
 use crate::store::Store;
 use crate::sync::hub::Hub;
 use crate::sync::replica::Replica;
+use crate::timer::{Timed, Untimed};
 use crate::StoreFailure;
 use crate::{
     Breaker, BreakerName, Classifier, ConfigError, DistributedCircuitBreaker, ErrorsAsFailures,
@@ -56,9 +58,10 @@ pub enum Rejection {
 /// # drop(service);
 /// # Ok::<(), distributed_circuit_breaker::ConfigError>(())
 /// ```
-pub struct DistributedCircuitBreakerLayer<C = ErrorsAsFailures> {
+pub struct DistributedCircuitBreakerLayer<C = ErrorsAsFailures, T = Untimed> {
     pub(crate) shared: Arc<Shared<C>>,
     lanes: Lanes<C>,
+    timer: PhantomData<fn() -> T>,
 }
 
 /// What every service built by one layer shares. Aligned so that the
@@ -117,9 +120,9 @@ impl DistributedCircuitBreakerLayer {
     }
 }
 
-impl<C> DistributedCircuitBreakerLayer<C> {
+impl<C, T> DistributedCircuitBreakerLayer<C, T> {
     /// Classifies results with `classifier` instead.
-    pub fn classifier<C2>(self, classifier: C2) -> DistributedCircuitBreakerLayer<C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> DistributedCircuitBreakerLayer<C2, T> {
         DistributedCircuitBreakerLayer::from_shared(Shared {
             replica: self.shared.replica.clone(),
             classifier: Arc::new(classifier),
@@ -137,11 +140,13 @@ impl<C> DistributedCircuitBreakerLayer<C> {
     /// when the call's duration is measured anyway (slow-call rule, or a
     /// classifier that uses it), else from that first poll, which for a
     /// response future polled at once is the same moment.
-    pub fn call_timeout(self, timeout: Duration) -> Self
+    pub fn call_timeout(self, timeout: Duration) -> DistributedCircuitBreakerLayer<C, Timed>
     where
         C: Clone,
     {
-        self.map_shared(|s| s.call_timeout = Some(timeout))
+        let mut shared = self.shared.copy();
+        shared.call_timeout = Some(timeout);
+        DistributedCircuitBreakerLayer::from_shared(shared)
     }
 
     /// Chooses how calls are turned away while the breaker is open.
@@ -259,20 +264,22 @@ impl<C> DistributedCircuitBreakerLayer<C> {
         Self {
             lanes: Lanes::new(&shared),
             shared,
+            timer: PhantomData,
         }
     }
 }
 
-impl<C> Clone for DistributedCircuitBreakerLayer<C> {
+impl<C, T> Clone for DistributedCircuitBreakerLayer<C, T> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
             lanes: self.lanes.clone(),
+            timer: PhantomData,
         }
     }
 }
 
-impl<C> fmt::Debug for DistributedCircuitBreakerLayer<C> {
+impl<C, T> fmt::Debug for DistributedCircuitBreakerLayer<C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DistributedCircuitBreakerLayer")
             .field("shared", &self.shared)
@@ -291,8 +298,8 @@ impl<C> fmt::Debug for Shared<C> {
     }
 }
 
-impl<S, C> Layer<S> for DistributedCircuitBreakerLayer<C> {
-    type Service = DistributedCircuitBreaker<S, C>;
+impl<S, C, T> Layer<S> for DistributedCircuitBreakerLayer<C, T> {
+    type Service = DistributedCircuitBreaker<S, C, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
         DistributedCircuitBreaker::new(inner, self.lanes.clone())

@@ -106,6 +106,7 @@ pub mod sim;
 mod state;
 pub mod store;
 mod sync;
+pub mod timer;
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
 pub mod tower_http;

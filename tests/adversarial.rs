@@ -18,6 +18,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tower::{Layer, Service, ServiceExt};
 
 type Svc = DistributedCircuitBreaker<Dependency, ErrorsAsFailures>;
+type TimedSvc = DistributedCircuitBreaker<
+    Dependency,
+    ErrorsAsFailures,
+    distributed_circuit_breaker::timer::Timed,
+>;
 
 struct Instance {
     svc: Svc,
@@ -384,7 +389,7 @@ fn outside_a_runtime_nothing_panics_and_it_still_trips() {
         .call_timeout(Duration::from_millis(100));
     let breaker = layer.breaker();
     let svc = layer.layer(dep.clone());
-    let one = |svc: &Svc| {
+    let one = |svc: &TimedSvc| {
         let svc = svc.clone();
         std::thread::spawn(move || futures::executor::block_on(ServiceExt::<()>::oneshot(svc, ())))
             .join()

@@ -10,6 +10,7 @@ use tower_service::Service;
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
 use crate::sync::permit::Admission;
+use crate::timer::{CallTimer, Untimed};
 use crate::{BoxError, CircuitOpen, Classifier};
 
 type Acquire = Pin<Box<dyn Future<Output = Result<Admission, CircuitOpen>> + Send>>;
@@ -18,28 +19,28 @@ pin_project! {
     /// The response future of [`KeyedCircuitBreaker`](super::KeyedCircuitBreaker):
     /// asks for a half-open permit first when the key's breaker needs one, then
     /// runs as a [`ResponseFuture`].
-    pub struct KeyedResponseFuture<F, S, Req, C> {
+    pub struct KeyedResponseFuture<F, S, Req, C, T: CallTimer = Untimed> {
         #[pin]
-        state: State<F, S, Req, C>,
+        state: State<F, S, Req, C, T>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, S, Req, C> {
+    enum State<F, S, Req, C, T: CallTimer> {
         Acquiring {
             acquire: Acquire,
             call: Option<(S, Req, Arc<Shared<C>>)>,
         },
         Running {
             #[pin]
-            future: ResponseFuture<F, C>,
+            future: ResponseFuture<F, C, T>,
         },
     }
 }
 
-impl<F, S, Req, C> KeyedResponseFuture<F, S, Req, C> {
-    pub(crate) fn running(future: ResponseFuture<F, C>) -> Self {
+impl<F, S, Req, C, T: CallTimer> KeyedResponseFuture<F, S, Req, C, T> {
+    pub(crate) fn running(future: ResponseFuture<F, C, T>) -> Self {
         Self {
             state: State::Running { future },
         }
@@ -60,14 +61,15 @@ impl<F, S, Req, C> KeyedResponseFuture<F, S, Req, C> {
     }
 }
 
-impl<F, S, Req, C, T, E> Future for KeyedResponseFuture<F, S, Req, C>
+impl<F, S, Req, C, T, R, E> Future for KeyedResponseFuture<F, S, Req, C, T>
 where
-    S: Service<Req, Response = T, Error = E, Future = F>,
-    F: Future<Output = Result<T, E>>,
+    S: Service<Req, Response = R, Error = E, Future = F>,
+    F: Future<Output = Result<R, E>>,
     E: Into<BoxError>,
-    C: Classifier<T, E>,
+    C: Classifier<R, E>,
+    T: CallTimer,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<R, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -97,7 +99,7 @@ where
     }
 }
 
-impl<F, S, Req, C> fmt::Debug for KeyedResponseFuture<F, S, Req, C> {
+impl<F, S, Req, C, T: CallTimer> fmt::Debug for KeyedResponseFuture<F, S, Req, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Acquiring { .. } => "acquiring a probe permit",

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use tower_layer::Layer;
 use super::registry::Registry;
 use super::KeyedCircuitBreaker;
 use crate::layer::Shared;
+use crate::timer::Untimed;
 use crate::{Breaker, ConfigError, DistributedCircuitBreakerLayer, PolicySet};
 
 /// The default cap on breakers per keyed layer.
@@ -32,17 +34,18 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// # drop(layer);
 /// # Ok::<(), distributed_circuit_breaker::ConfigError>(())
 /// ```
-pub struct KeyedCircuitBreakerLayer<K, C> {
+pub struct KeyedCircuitBreakerLayer<K, C, T = Untimed> {
     registry: Arc<Registry<C>>,
     extractor: K,
+    timer: PhantomData<fn() -> T>,
 }
 
-impl<C: Clone> DistributedCircuitBreakerLayer<C> {
+impl<C: Clone, T> DistributedCircuitBreakerLayer<C, T> {
     /// One breaker per key that `extractor` reads from each request, named
     /// `{name}/{key}`; requests without a key use this layer's breaker. Every
     /// key gets this layer's policy until [`policies`](KeyedCircuitBreakerLayer::policies)
     /// says otherwise; classifier, call timeout and store-failure mode carry over.
-    pub fn key_by<K>(self, extractor: K) -> KeyedCircuitBreakerLayer<K, C> {
+    pub fn key_by<K>(self, extractor: K) -> KeyedCircuitBreakerLayer<K, C, T> {
         let store = self.shared.replica.store.clone();
         let policies = PolicySet::new(self.shared.replica.policy.clone());
         KeyedCircuitBreakerLayer {
@@ -54,11 +57,12 @@ impl<C: Clone> DistributedCircuitBreakerLayer<C> {
                 DEFAULT_IDLE_TIMEOUT,
             )),
             extractor,
+            timer: PhantomData,
         }
     }
 }
 
-impl<K, C: Clone> KeyedCircuitBreakerLayer<K, C> {
+impl<K, C: Clone, T> KeyedCircuitBreakerLayer<K, C, T> {
     /// Policies by key pattern (the default for keys without an override).
     pub fn policies(self, policies: impl Into<PolicySet>) -> Self {
         let (max, idle) = (self.registry.max_breakers, self.registry.idle_timeout);
@@ -110,20 +114,22 @@ impl<K, C: Clone> KeyedCircuitBreakerLayer<K, C> {
         KeyedCircuitBreakerLayer {
             registry: Arc::new(Registry::new(base, policies, store, max, idle)),
             extractor: self.extractor,
+            timer: PhantomData,
         }
     }
 }
 
-impl<K: Clone, C> Clone for KeyedCircuitBreakerLayer<K, C> {
+impl<K: Clone, C, T> Clone for KeyedCircuitBreakerLayer<K, C, T> {
     fn clone(&self) -> Self {
         Self {
             registry: self.registry.clone(),
             extractor: self.extractor.clone(),
+            timer: PhantomData,
         }
     }
 }
 
-impl<K: fmt::Debug, C> fmt::Debug for KeyedCircuitBreakerLayer<K, C> {
+impl<K: fmt::Debug, C, T> fmt::Debug for KeyedCircuitBreakerLayer<K, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreakerLayer")
             .field("base", &self.registry.base.replica.name)
@@ -134,8 +140,8 @@ impl<K: fmt::Debug, C> fmt::Debug for KeyedCircuitBreakerLayer<K, C> {
     }
 }
 
-impl<S, K: Clone, C> Layer<S> for KeyedCircuitBreakerLayer<K, C> {
-    type Service = KeyedCircuitBreaker<S, K, C>;
+impl<S, K: Clone, C, T> Layer<S> for KeyedCircuitBreakerLayer<K, C, T> {
+    type Service = KeyedCircuitBreaker<S, K, C, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
         KeyedCircuitBreaker::new(inner, self.registry.clone(), self.extractor.clone())

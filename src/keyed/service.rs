@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -9,6 +10,7 @@ use super::KeyedResponseFuture;
 use crate::future::ResponseFuture;
 use crate::sync::permit::Admission;
 use crate::sync::replica::Peek;
+use crate::timer::{CallTimer, Untimed};
 use crate::{BoxError, Classifier, KeyExtractor};
 
 /// A service behind one breaker per request key; built by
@@ -16,18 +18,20 @@ use crate::{BoxError, Classifier, KeyExtractor};
 ///
 /// Its error is [`BoxError`], as for
 /// [`DistributedCircuitBreaker`](crate::DistributedCircuitBreaker).
-pub struct KeyedCircuitBreaker<S, K, C> {
+pub struct KeyedCircuitBreaker<S, K, C, T = Untimed> {
     inner: S,
     registry: Arc<Registry<C>>,
     extractor: K,
+    timer: PhantomData<fn() -> T>,
 }
 
-impl<S, K, C> KeyedCircuitBreaker<S, K, C> {
+impl<S, K, C, T> KeyedCircuitBreaker<S, K, C, T> {
     pub(crate) fn new(inner: S, registry: Arc<Registry<C>>, extractor: K) -> Self {
         Self {
             inner,
             registry,
             extractor,
+            timer: PhantomData,
         }
     }
 
@@ -47,16 +51,17 @@ impl<S, K, C> KeyedCircuitBreaker<S, K, C> {
     }
 }
 
-impl<S, K, C, Req> Service<Req> for KeyedCircuitBreaker<S, K, C>
+impl<S, K, C, T, Req> Service<Req> for KeyedCircuitBreaker<S, K, C, T>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     K: KeyExtractor<Req>,
     C: Classifier<S::Response, S::Error> + Clone,
+    T: CallTimer,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = KeyedResponseFuture<S::Future, S, Req, C>;
+    type Future = KeyedResponseFuture<S::Future, S, Req, C, T>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -89,17 +94,18 @@ where
     }
 }
 
-impl<S: Clone, K: Clone, C> Clone for KeyedCircuitBreaker<S, K, C> {
+impl<S: Clone, K: Clone, C, T> Clone for KeyedCircuitBreaker<S, K, C, T> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             registry: self.registry.clone(),
             extractor: self.extractor.clone(),
+            timer: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, K: fmt::Debug, C> fmt::Debug for KeyedCircuitBreaker<S, K, C> {
+impl<S: fmt::Debug, K: fmt::Debug, C, T> fmt::Debug for KeyedCircuitBreaker<S, K, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedCircuitBreaker")
             .field("inner", &self.inner)
