@@ -129,7 +129,7 @@ pub use policy::{Policy, PolicyBuilder, MAX_DURATION, MAX_HALF_OPEN_PERMITS, MAX
 pub use policy_set::PolicySet;
 pub use service::DistributedCircuitBreaker;
 pub use state::{Snapshot, State, StoreEvent, Transition};
-pub use store::{BreakerName, Force, MemoryStore, Store};
+pub use store::{BreakerInfo, BreakerName, Force, ForceNote, MemoryStore, Store};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
 pub use sync::StoreFailure;
