@@ -89,6 +89,9 @@ pub mod keyed;
 mod layer;
 mod machine;
 mod on_open;
+#[cfg(any(feature = "cli", feature = "admin"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "cli", feature = "admin"))))]
+pub mod ops;
 mod policy;
 mod policy_set;
 mod rand;
