@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use crate::policy::Params;
-use crate::store::{Acquired, BreakerInfo, Force, ForceNote, OperatorNote, OutcomeBatch, ProbeResult};
+use crate::store::{
+    Acquired, BreakerInfo, Force, ForceNote, OperatorNote, OutcomeBatch, ProbeResult,
+};
 use crate::{Snapshot, State};
 
 /// The most iterations the backoff loop takes; the break is capped long before.

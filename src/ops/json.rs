@@ -46,7 +46,9 @@ pub fn info_json(info: &BreakerInfo) -> Value {
 /// "remaining_ms", "at"}` (`at`: when this process received it, RFC 3339).
 pub fn transition_json(transition: &Transition) -> Value {
     let waited = transition.received.elapsed();
-    let at = SystemTime::now().checked_sub(waited).unwrap_or(SystemTime::now());
+    let at = SystemTime::now()
+        .checked_sub(waited)
+        .unwrap_or(SystemTime::now());
     json!({
         "name": transition.name,
         "state": transition.snapshot.state.as_str(),

@@ -17,10 +17,10 @@ mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreBuilder, SCHEMA_VERSION as REDIS_SCHEMA_VERSION};
+pub use info::{BreakerInfo, OperatorNote};
 pub use memory::MemoryStore;
 #[cfg(feature = "sim")]
 pub(crate) use memory::Saved;
-pub use info::{BreakerInfo, OperatorNote};
 pub use name::{BreakerName, MAX_NAME_LEN};
 pub use note::{ForceNote, MAX_ACTOR_LEN, MAX_REASON_LEN};
 

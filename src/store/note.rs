@@ -92,7 +92,12 @@ mod tests {
         assert!(ForceNote::new().reason("   ").is_empty());
         let long = "é".repeat(MAX_REASON_LEN + 5);
         assert_eq!(
-            ForceNote::new().reason(long).reason_str().unwrap().chars().count(),
+            ForceNote::new()
+                .reason(long)
+                .reason_str()
+                .unwrap()
+                .chars()
+                .count(),
             MAX_REASON_LEN
         );
     }

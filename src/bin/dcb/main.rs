@@ -37,10 +37,7 @@ impl From<StoreError> for Failure {
 impl From<ApplyError> for Failure {
     fn from(e: ApplyError) -> Self {
         match e {
-            ApplyError::Unknown(_) => Failure(
-                format!("{e}; pass --create to force it anyway"),
-                exit::UNKNOWN,
-            ),
+            ApplyError::Unknown(_) => Failure(e.to_string(), exit::UNKNOWN),
             ApplyError::Store(e) => e.into(),
         }
     }
@@ -141,7 +138,10 @@ fn states(word: &str) -> Option<Vec<State>> {
     match word.as_str() {
         "open" => Some(vec![State::Open, State::ForcedOpen]),
         "closed" => Some(vec![State::Closed, State::ForcedClosed]),
-        _ => all.into_iter().find(|s| s.as_str() == word).map(|s| vec![s]),
+        _ => all
+            .into_iter()
+            .find(|s| s.as_str() == word)
+            .map(|s| vec![s]),
     }
 }
 
@@ -150,8 +150,7 @@ async fn show(store: &RedisStore, text: &str, json: bool) -> Result<(), Failure>
     let info = store
         .info(&name)
         .await?
-        .ok_or_else(|| Failure::from(ApplyError::Unknown(name.clone())))
-        .map_err(|Failure(m, c)| Failure(m.replace("; pass --create to force it anyway", ""), c))?;
+        .ok_or_else(|| Failure::from(ApplyError::Unknown(name.clone())))?;
     if json {
         print_json(&ops::info_json(&info));
     } else {
@@ -175,7 +174,15 @@ async fn force(
     if let Some(reason) = &args.reason {
         note = note.reason(reason);
     }
-    let info = ops::apply(store, &name, action, args.duration, &note, args.create).await?;
+    let info = ops::apply(store, &name, action, args.duration, &note, args.create)
+        .await
+        .map_err(|e| match e {
+            ApplyError::Unknown(_) if action != Action::Reset => Failure(
+                format!("{e}; pass --create to force it anyway"),
+                exit::UNKNOWN,
+            ),
+            e => e.into(),
+        })?;
     if json {
         print_json(&ops::info_json(&info));
     } else {

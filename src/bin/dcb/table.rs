@@ -4,7 +4,14 @@ use distributed_circuit_breaker::ops::format_duration;
 use distributed_circuit_breaker::store::BreakerInfo;
 
 const HEADER: [&str; 8] = [
-    "NAME", "STATE", "GENERATION", "FAIL%", "CALLS", "LEFT", "FORCED-BY", "REASON",
+    "NAME",
+    "STATE",
+    "GENERATION",
+    "FAIL%",
+    "CALLS",
+    "LEFT",
+    "FORCED-BY",
+    "REASON",
 ];
 
 /// One row's cells.
@@ -18,8 +25,10 @@ fn row(info: &BreakerInfo) -> [String; 8] {
             .map_or_else(|| "-".to_owned(), |r| format!("{:.1}", r * 100.0)),
         info.calls.to_string(),
         left(info),
-        note.and_then(|n| n.actor.clone()).unwrap_or_else(|| "-".to_owned()),
-        note.and_then(|n| n.reason.clone()).unwrap_or_else(|| "-".to_owned()),
+        note.and_then(|n| n.actor.clone())
+            .unwrap_or_else(|| "-".to_owned()),
+        note.and_then(|n| n.reason.clone())
+            .unwrap_or_else(|| "-".to_owned()),
     ]
 }
 
@@ -81,7 +90,10 @@ pub(crate) fn detail(info: &BreakerInfo) -> String {
         ("failure run", info.consecutive_failures.to_string()),
     ];
     if let Some(n) = note {
-        lines.push(("forced by", n.actor.clone().unwrap_or_else(|| "-".to_owned())));
+        lines.push((
+            "forced by",
+            n.actor.clone().unwrap_or_else(|| "-".to_owned()),
+        ));
         lines.push(("reason", n.reason.clone().unwrap_or_else(|| "-".to_owned())));
         lines.push((
             "forced at",

@@ -15,6 +15,11 @@ pub(crate) async fn watch(
     json: bool,
 ) -> Result<(), Failure> {
     let mut events = store.subscribe();
+    // The store announces a resync once its subscription stands; it may
+    // have done so already (while connecting), so wait a little at most.
+    let subscribed =
+        async { while !matches!(events.recv().await, Ok(StoreEvent::Resync) | Err(_)) {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), subscribed).await;
     // What each breaker was, to print `before -> after`.
     let mut states: HashMap<String, State> = store
         .list_info()
@@ -23,7 +28,10 @@ pub(crate) async fn watch(
         .map(|i| (i.name, i.state))
         .collect();
     if !json {
-        eprintln!("watching {} breakers' transitions (ctrl-c to stop)", states.len());
+        eprintln!(
+            "watching {} breakers' transitions (ctrl-c to stop)",
+            states.len()
+        );
     }
     loop {
         let transition = match events.recv().await {
@@ -52,14 +60,15 @@ pub(crate) async fn watch(
         let note = info.as_ref().and_then(|i| i.note.clone());
         if json {
             let mut line = ops::transition_json(&transition);
-            line["from"] = before.map(State::as_str).into();
+            line["from"] = before.unwrap_or(State::Closed).as_str().into();
             line["forced_by"] = note.as_ref().and_then(|n| n.actor.clone()).into();
             line["reason"] = note.as_ref().and_then(|n| n.reason.clone()).into();
             println!("{line}");
             continue;
         }
         let time = humantime::format_rfc3339_millis(SystemTime::now());
-        let before = before.map_or("?", State::as_str);
+        // A breaker the store held no record of was the implicit closed one.
+        let before = before.unwrap_or(State::Closed);
         let mut line = format!(
             "{time}  {}  {before} -> {after}  generation {}",
             transition.name, transition.snapshot.generation

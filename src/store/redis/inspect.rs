@@ -139,7 +139,16 @@ mod tests {
     #[test]
     fn reads_what_the_scripts_write() {
         let m = machine(&fields([
-            "3", "42", "0", "9000", "2", "1000", "4:10:3:0,5:2:1:1", "incident", "alice", "1000",
+            "3",
+            "42",
+            "0",
+            "9000",
+            "2",
+            "1000",
+            "4:10:3:0,5:2:1:1",
+            "incident",
+            "alice",
+            "1000",
         ]))
         .unwrap();
         let info = m.info("x", 5_500);
