@@ -76,6 +76,9 @@
 #![deny(unreachable_pub)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod breaker;
 mod classify;
 #[cfg(feature = "serde")]

@@ -4,6 +4,7 @@
 pub mod dependency;
 pub mod fleet;
 pub mod http;
+pub mod http_raw;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
