@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod dependency;
 pub mod fleet;
 pub mod http;
