@@ -36,11 +36,19 @@ fn counting() -> Policy {
         .unwrap()
 }
 
-async fn instances(url: &str, name: &str, dependency: &Dependency, policy: Option<Policy>) -> Vec<Instance> {
+async fn instances(
+    url: &str,
+    name: &str,
+    dependency: &Dependency,
+    policy: Option<Policy>,
+) -> Vec<Instance> {
     let mut fleet = Vec::new();
     for _ in 0..2 {
         let i = match &policy {
-            Some(p) => Instance::connect_policy(url, name, dependency, StoreFailure::Local, p.clone()).await,
+            Some(p) => {
+                Instance::connect_policy(url, name, dependency, StoreFailure::Local, p.clone())
+                    .await
+            }
             None => Instance::connect(url, name, dependency).await,
         };
         fleet.push(i);
@@ -80,7 +88,10 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
     // An operator's break, and many tenants' breakers to page through.
     let ledger = BreakerName::new("ledger").unwrap();
     let note = ForceNote::new().reason("schema migration").actor("alice");
-    store.force_noted(&ledger, &Policy::default(), Force::Open(None), &note).await.unwrap();
+    store
+        .force_noted(&ledger, &Policy::default(), Force::Open(None), &note)
+        .await
+        .unwrap();
     for t in 0..TENANTS {
         let name = BreakerName::new(format!("tenant-{t:03}")).unwrap();
         let batch = OutcomeBatch {
@@ -93,7 +104,10 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().nest("/admin", admin::router(store.clone(), AdminConfig::new().token(TOKEN)));
+    let app = axum::Router::new().nest(
+        "/admin",
+        admin::router(store.clone(), AdminConfig::new().token(TOKEN)),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let page = format!("http://{addr}/admin");
@@ -109,11 +123,18 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
 
     // The page lists the fleet's breakers, live, a page at a time.
     let listed = blocking(Box::new(|b| {
-        let ok = b.wait_for(&format!("{} === 'open'", row_state("payments")), Duration::from_secs(15));
-        serde_json::json!([ok, b.eval(&format!("{} ?? null", row_state("ledger"))), b.eval("document.getElementById('page').textContent"),
+        let ok = b.wait_for(
+            &format!("{} === 'open'", row_state("payments")),
+            Duration::from_secs(15),
+        );
+        serde_json::json!([
+            ok,
+            b.eval(&format!("{} ?? null", row_state("ledger"))),
+            b.eval("document.getElementById('page').textContent"),
             b.eval("document.getElementById('live').textContent"),
             b.eval("document.querySelector('tr[data-name=\"ledger\"] .by').textContent"),
-            b.eval("document.querySelector('tr[data-name=\"inventory\"] .calls').textContent")])
+            b.eval("document.querySelector('tr[data-name=\"inventory\"] .calls').textContent")
+        ])
     }))
     .await;
     assert_eq!(listed[0], true, "payments shown open: {listed}");
@@ -133,7 +154,10 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
     }))
     .await;
     let live = blocking(Box::new(|b| {
-        serde_json::Value::Bool(b.wait_for("document.getElementById('live').textContent === 'live'", Duration::from_secs(10)))
+        serde_json::Value::Bool(b.wait_for(
+            "document.getElementById('live').textContent === 'live'",
+            Duration::from_secs(10),
+        ))
     }))
     .await;
     assert_eq!(live, true, "the event stream is connected");
@@ -143,11 +167,18 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
     search_dependency.set_down(true);
     drive_until(&search, State::Open).await;
     let followed = blocking(Box::new(|b| {
-        let seen = b.wait_for(&format!("{} === 'open'", row_state("search")), Duration::from_secs(10));
+        let seen = b.wait_for(
+            &format!("{} === 'open'", row_state("search")),
+            Duration::from_secs(10),
+        );
         serde_json::json!([seen, b.eval("window.__sameDocument")])
     }))
     .await;
-    assert_eq!(followed, serde_json::json!([true, 42]), "shown live, same document");
+    assert_eq!(
+        followed,
+        serde_json::json!([true, 42]),
+        "shown live, same document"
+    );
 
     // Pressing "open" on inventory, with the token typed into the prompt,
     // opens it on every instance.
@@ -157,21 +188,42 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
         b.type_into("#actor", "oncall-bob");
         b.answer_next_prompt(TOKEN);
         b.click("tr[data-name=\"inventory\"] button[data-act=\"open\"]");
-        let shown = b.wait_for(&format!("{} === 'forced open'", row_state("inventory")), Duration::from_secs(10));
-        serde_json::json!([shown, b.dialogs(), b.eval("sessionStorage.getItem('dcb-token')"),
-            b.eval("document.querySelector('tr[data-name=\"inventory\"] .by').textContent")])
+        let shown = b.wait_for(
+            &format!("{} === 'forced open'", row_state("inventory")),
+            Duration::from_secs(10),
+        );
+        serde_json::json!([
+            shown,
+            b.dialogs(),
+            b.eval("sessionStorage.getItem('dcb-token')"),
+            b.eval("document.querySelector('tr[data-name=\"inventory\"] .by').textContent")
+        ])
     }))
     .await;
-    assert_eq!(pressed, serde_json::json!([true, 1, TOKEN, "oncall-bob"]), "{pressed}");
-    call_until(&inventory, "forced open on every instance", |i| i.state() == State::ForcedOpen).await;
+    assert_eq!(
+        pressed,
+        serde_json::json!([true, 1, TOKEN, "oncall-bob"]),
+        "{pressed}"
+    );
+    call_until(&inventory, "forced open on every instance", |i| {
+        i.state() == State::ForcedOpen
+    })
+    .await;
     let before = healthy.calls();
     for i in &inventory {
         assert_eq!(i.call().await, Call::Rejected);
     }
     assert_eq!(healthy.calls(), before);
-    let info = store.info(&BreakerName::new("inventory").unwrap()).await.unwrap().unwrap();
+    let info = store
+        .info(&BreakerName::new("inventory").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let note = info.note.unwrap();
-    assert_eq!((note.actor.as_deref(), note.reason.as_deref()), (Some("oncall-bob"), Some("stock service degraded")));
+    assert_eq!(
+        (note.actor.as_deref(), note.reason.as_deref()),
+        (Some("oncall-bob"), Some("stock service degraded"))
+    );
     assert!(info.remaining > Duration::from_secs(590));
 
     // The screenshot for the README.
@@ -187,12 +239,18 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
     // The token is kept for the session: "reset" asks no more.
     let reset = blocking(Box::new(|b| {
         b.click("tr[data-name=\"ledger\"] button[data-act=\"reset\"]");
-        let shown = b.wait_for(&format!("{} === 'closed'", row_state("ledger")), Duration::from_secs(10));
+        let shown = b.wait_for(
+            &format!("{} === 'closed'", row_state("ledger")),
+            Duration::from_secs(10),
+        );
         serde_json::json!([shown, b.dialogs()])
     }))
     .await;
     assert_eq!(reset, serde_json::json!([true, 1]));
-    assert_eq!(store.info(&ledger).await.unwrap().unwrap().state, State::Closed);
+    assert_eq!(
+        store.info(&ledger).await.unwrap().unwrap().state,
+        State::Closed
+    );
 }
 
 /// Saves the screenshot under the target directory, and as

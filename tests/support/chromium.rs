@@ -55,7 +55,8 @@ fn send(writer: &Mutex<ChildStdin>, message: &Value) {
 impl Browser {
     /// Starts `exe` headless with a `width` x `height` page showing `url`.
     pub fn open(exe: &PathBuf, url: &str, width: u32, height: u32) -> Browser {
-        let profile = std::env::temp_dir().join(format!("dcb-chromium-{}-{}", std::process::id(), width));
+        let profile =
+            std::env::temp_dir().join(format!("dcb-chromium-{}-{}", std::process::id(), width));
         std::fs::create_dir_all(&profile).unwrap();
         // bash puts our stdin and stdout on the browser's fds 3 and 4.
         let mut child = Command::new("bash")
@@ -179,13 +180,20 @@ impl Browser {
 
     /// Focuses `selector` and types `text` into it.
     pub fn type_into(&self, selector: &str, text: &str) {
-        self.eval(&format!("document.querySelector({}).focus()", Value::from(selector)));
+        self.eval(&format!(
+            "document.querySelector({}).focus()",
+            Value::from(selector)
+        ));
         self.call("Input.insertText", json!({ "text": text }));
     }
 
     /// The answer to type into the page's next `prompt()`.
     pub fn answer_next_prompt(&self, text: &str) {
-        self.shared.answers.lock().unwrap().push_back(text.to_owned());
+        self.shared
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(text.to_owned());
     }
 
     /// How many dialogs (prompts, alerts) the page opened so far.
