@@ -30,6 +30,15 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     json(status, &json!({ "error": message.to_string() }))
 }
 
+/// A request refused before anything was done: a status and why.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 fn store_error(e: &crate::store::StoreError) -> Response {
     let status = match e.kind() {
         StoreErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -81,8 +90,8 @@ pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Res
     }
 }
 
-fn breaker_name(text: &str) -> Result<BreakerName, Response> {
-    BreakerName::new(text).map_err(|e| error(StatusCode::BAD_REQUEST, e))
+fn breaker_name(text: &str) -> Result<BreakerName, Refusal> {
+    BreakerName::new(text).map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 pub(super) async fn show(
@@ -91,7 +100,7 @@ pub(super) async fn show(
 ) -> Response {
     let name = match breaker_name(&name) {
         Ok(name) => name,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     match shared.store.info(&name).await {
         Ok(Some(info)) => json(StatusCode::OK, &ops::info_json(&info)),
@@ -107,8 +116,8 @@ struct Body {
     create: bool,
 }
 
-fn body(bytes: &[u8]) -> Result<Body, Response> {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
+fn body(bytes: &[u8]) -> Result<Body, Refusal> {
+    let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -178,13 +187,9 @@ pub(super) async fn act(
         );
         return response;
     }
-    let name = match breaker_name(&name) {
-        Ok(name) => name,
-        Err(response) => return response,
-    };
-    let body = match body(&bytes) {
-        Ok(body) => body,
-        Err(response) => return response,
+    let (name, body) = match breaker_name(&name).and_then(|n| Ok((n, body(&bytes)?))) {
+        Ok(parsed) => parsed,
+        Err(refusal) => return refusal.into_response(),
     };
     let store = &*shared.store;
     match ops::apply(store, &name, action, body.duration, &body.note, body.create).await {

@@ -1,5 +1,5 @@
 //! An admin API and a live dashboard for a fleet's breakers: an axum
-//! [`Router`](axum::Router) to mount in your own app (feature `admin`).
+//! [`axum::Router`] to mount in your own app (feature `admin`).
 //!
 //! | route | what |
 //! | --- | --- |

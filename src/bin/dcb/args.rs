@@ -39,9 +39,9 @@ pub(crate) struct Cli {
 /// Where the breakers are.
 #[derive(Debug, Args)]
 pub(crate) struct Connection {
-    /// Redis URL: redis://[user:password@]host:port[/db], rediss:// for TLS,
-    /// redis+sentinel://host:port,.../master; with --cluster, a
-    /// comma-separated list of node URLs.
+    /// Redis URL: redis://host:6379 or redis://user:password@host:6379/0,
+    /// rediss:// for TLS, redis+sentinel://host:26379,.../master; with
+    /// --cluster, a comma-separated list of node URLs.
     #[arg(
         long,
         env = "REDIS_URL",
