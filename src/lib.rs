@@ -62,6 +62,10 @@
 //! - **Other clients**: [`Breaker::admit`] for any caller; a `reqwest-middleware`
 //!   middleware (feature `reqwest`); tower-http classifiers, with gRPC outcomes
 //!   read from trailers (feature `tower-http`).
+//! - **Operating**: [`Store::force_noted`] keeps who forced a breaker and why;
+//!   the `dcb` command line (feature `cli`) and an axum admin API with a live
+//!   dashboard (feature `admin`, module `admin`) list, force and watch a
+//!   fleet's breakers.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     clippy::all,
@@ -143,6 +147,7 @@ pub use sync::StoreFailure;
 /// Compiles the README's examples as doc tests.
 #[cfg(all(
     doctest,
+    feature = "admin",
     feature = "axum",
     feature = "redis",
     feature = "serde",
