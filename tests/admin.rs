@@ -201,6 +201,32 @@ async fn reads_and_token_guarded_mutations() {
         (200, Some(true))
     );
     assert_eq!(json(&created)["forced_by"], "admin-api");
+    // Keyed breakers' names hold slashes and spaces: percent-encoded.
+    let keyed = "/admin/breakers/api%2FGET%20%2Fv1%2Fusers";
+    let made = post(
+        &addr,
+        &format!("{keyed}/open"),
+        Some(TOKEN),
+        r#"{"create": true, "reason": "bad deploy"}"#,
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let shown = json(&request(&addr, "GET", keyed, &[], "").await);
+    assert_eq!(
+        (shown["name"].as_str(), shown["reason"].as_str()),
+        (Some("api/GET /v1/users"), Some("bad deploy"))
+    );
+    let prefixed = json(
+        &request(
+            &addr,
+            "GET",
+            "/admin/breakers?prefix=api%2F&state=forced_open",
+            &[],
+            "",
+        )
+        .await,
+    );
+    assert_eq!(prefixed.as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

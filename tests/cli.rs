@@ -14,6 +14,7 @@ use serde_json::Value;
 use support::dependency::Dependency;
 use support::fleet::{call_until, drive_until, Call, Instance};
 use support::redis::{free_port, RedisCluster, RedisServer};
+use support::tls::certificates;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Runs `dcb` with `args` against `url`.
@@ -389,4 +390,81 @@ async fn list_scans_every_master_of_a_cluster() {
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = dcb_json(&urls[0], &["--cluster", "show", "svc-7"]).await;
     assert_eq!(shown["state"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_an_acl_user_with_a_prefix_of_its_own() {
+    let dir = std::env::temp_dir().join(format!("dcb-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let tls_port = free_port();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    // An operator account limited to the `ops` prefix's keys and channel.
+    redis.cli(&[
+        "ACL", "SETUSER", "ops", "on", ">pw", "~ops:*", "&ops:*", "+@all",
+    ]);
+    let url = format!("rediss://ops:pw@localhost:{tls_port}");
+    let ca = path("ca.crt");
+    let tls = ["--tls-ca", ca.as_str(), "--key-prefix", "ops"];
+
+    // A service of that prefix, over TLS, trips on real failures.
+    let store = RedisStore::builder()
+        .prefix("ops")
+        .tls_root_certificate(std::fs::read(&ca).unwrap())
+        .connect(&url)
+        .await
+        .unwrap();
+    let down = Dependency::new();
+    down.set_down(true);
+    let instance = Instance::with_store(
+        store,
+        "billing",
+        &down,
+        StoreFailure::Local,
+        support::fleet::policy(),
+    );
+    drive_until(std::slice::from_ref(&instance), State::Open).await;
+
+    let listed = dcb_json(&url, &[&tls[..], &["list"]].concat()).await;
+    assert_eq!(listed[0]["name"], "billing");
+    assert_eq!(listed[0]["state"], "open");
+    let out = dcb(
+        &url,
+        &[&tls[..], &["open", "billing", "--actor", "dana"]].concat(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    call_until(std::slice::from_ref(&instance), "forced open", |i| {
+        i.state() == State::ForcedOpen
+    })
+    .await;
+
+    // Untrusted server, wrong password: exit 1, and no password shown.
+    let out = dcb(&url, &["--key-prefix", "ops", "list"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let wrong = format!("rediss://ops:nope@localhost:{tls_port}");
+    let out = dcb(&wrong, &[&tls[..], &["list"]].concat()).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("rediss://ops:***@localhost"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("nope"), "{}", stderr(&out));
+    // The default prefix is not this user's: refused.
+    let out = dcb(&url, &["--tls-ca", &ca, "list"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@ pub mod http_raw;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
+pub mod tls;
 pub mod traffic;
 
 use std::time::Duration;

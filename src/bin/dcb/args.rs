@@ -92,9 +92,6 @@ pub(crate) enum Command {
     Reset {
         /// The breaker's name.
         name: String,
-        /// Why (kept nowhere: a reset clears the note; shown in the output).
-        #[arg(long)]
-        reason: Option<String>,
     },
     /// Print every transition as it happens, one line each, until stopped.
     Watch {

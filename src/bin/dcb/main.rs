@@ -72,11 +72,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Open(args) => force(&store, Action::Open, args, cli.json).await,
         Command::Close(args) => force(&store, Action::Close, args, cli.json).await,
         Command::Disable(args) => force(&store, Action::Disable, args, cli.json).await,
-        Command::Reset { name, reason } => {
+        Command::Reset { name } => {
             let args = ForceArgs {
                 name,
                 duration: None,
-                reason,
+                reason: None,
                 actor: None,
                 create: false,
             };
