@@ -47,7 +47,8 @@ pub(crate) struct Connection {
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
         global = true,
-        hide_env_values = true
+        hide_env_values = true,
+        value_name = "URL"
     )]
     pub(crate) redis: String,
     /// The URL(s) name Redis Cluster nodes.
