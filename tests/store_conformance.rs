@@ -377,6 +377,22 @@ async fn redis_store_conforms() {
         redis.cli(&["HGET", "dcb:{conformance-read-only}", "st"]),
         "0"
     );
+    // A note left behind by a client that knows no notes (it changed the
+    // state and generation, not the note) is not shown, nor revived.
+    let n = name("conformance-old-client");
+    let note = ForceNote::new().reason("maintenance").actor("alice");
+    let forced = store
+        .force_noted(&n, &p, Force::Open(None), &note)
+        .await
+        .unwrap();
+    assert!(store.info(&n).await.unwrap().unwrap().note.is_some());
+    let key = "dcb:{conformance-old-client}";
+    let next = (forced.generation + 1).to_string();
+    redis.cli(&["HSET", key, "st", "0", "g", &next, "fu", "0"]);
+    assert_eq!(store.info(&n).await.unwrap().unwrap().note, None);
+    store.record(&n, &p, failures(0, 1)).await.unwrap();
+    assert_eq!(store.info(&n).await.unwrap().unwrap().note, None);
+    assert_eq!(redis.cli(&["HEXISTS", key, "fr"]), "0", "and deleted");
 }
 
 #[tokio::test]

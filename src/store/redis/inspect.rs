@@ -11,7 +11,9 @@ use crate::store::{BreakerInfo, BreakerName, StoreError};
 use crate::State;
 
 /// The hash fields an operator's view needs (machine.lua: `save`).
-const FIELDS: [&str; 10] = ["st", "g", "ou", "fu", "cf", "bm", "w", "fr", "fa", "ft"];
+const FIELDS: [&str; 11] = [
+    "st", "g", "ou", "fu", "cf", "bm", "w", "fr", "fa", "ft", "fg",
+];
 
 /// How many breakers are read at once while listing.
 const CONCURRENCY: usize = 64;
@@ -88,7 +90,7 @@ async fn fetch(connection: &mut Connection, key: &str) -> Result<Vec<Option<Stri
 /// The machine the fields describe, as far as an operator's view needs it;
 /// `None` for a missing or unreadable record.
 fn machine(fields: &[Option<String>]) -> Option<Machine> {
-    let [st, g, ou, fu, cf, bm, w, fr, fa, ft] = fields else {
+    let [st, g, ou, fu, cf, bm, w, fr, fa, ft, fg] = fields else {
         return None;
     };
     let number = |f: &Option<String>| f.as_deref()?.parse::<u64>().ok();
@@ -115,7 +117,10 @@ fn machine(fields: &[Option<String>]) -> Option<Machine> {
         })
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
-    if let Some(at) = number(ft).filter(|at| *at > 0) {
+    // A note counts only under the generation it was written with (one
+    // left by a client that knows no notes is stale).
+    let noted_now = number(fg) == Some(m.generation);
+    if let Some(at) = number(ft).filter(|at| *at > 0 && noted_now) {
         m.note = Note {
             reason: fr.clone().unwrap_or_default(),
             actor: fa.clone().unwrap_or_default(),
@@ -129,7 +134,7 @@ fn machine(fields: &[Option<String>]) -> Option<Machine> {
 mod tests {
     use super::*;
 
-    fn fields(values: [&str; 10]) -> Vec<Option<String>> {
+    fn fields(values: [&str; 11]) -> Vec<Option<String>> {
         values
             .iter()
             .map(|v| (!v.is_empty()).then(|| v.to_string()))
@@ -149,6 +154,7 @@ mod tests {
             "incident",
             "alice",
             "1000",
+            "42",
         ]))
         .unwrap();
         let info = m.info("x", 5_500);
@@ -161,7 +167,13 @@ mod tests {
         let note = info.note.unwrap();
         assert_eq!(note.reason.as_deref(), Some("incident"));
         assert_eq!(note.actor.as_deref(), Some("alice"));
-        assert!(machine(&fields(["", "", "", "", "", "", "", "", "", ""])).is_none());
-        assert!(machine(&fields(["9", "1", "0", "0", "", "", "", "", "", ""])).is_none());
+        assert!(machine(&fields(["", "", "", "", "", "", "", "", "", "", ""])).is_none());
+        assert!(machine(&fields(["9", "1", "0", "0", "", "", "", "", "", "", ""])).is_none());
+        // A note of another generation is stale.
+        let stale = machine(&fields([
+            "0", "43", "0", "0", "0", "1000", "", "incident", "alice", "1000", "42",
+        ]))
+        .unwrap();
+        assert_eq!(stale.info("x", 5_500).note, None);
     }
 }

@@ -78,7 +78,9 @@ local function load()
     leases = {}, w = {}, fi = {}, tr = {},
   }
   had_note = f.ft ~= nil
-  if not valid_int(m.ft, 0, big) then m.fr, m.fa, m.ft = '', '', 0 end
+  -- A note belongs to the generation it was written under (fg): one left
+  -- behind by a client that does not know notes is dropped.
+  if not valid_int(m.ft, 0, big) or f.fg ~= f.g then m.fr, m.fa, m.ft = '', '', 0 end
   local ok = v == SCHEMA and valid_int(m.st, 0, 5) and valid_int(m.g, 1, big) and valid_int(m.ou, 0, big)
     and valid_int(m.fu, 0, big) and valid_int(m.op, 0, 4294967295) and valid_int(m.cf, 0, big)
     and valid_int(m.rs, 0, big) and valid_int(m.sa, 0, big) and valid_int(m.bm, 0, big)
@@ -140,9 +142,9 @@ local function save(m)
     'ls', table.concat(leases, ','), 'w', table.concat(window, ','), 'fi', seen.fi, 'tr', seen.tr)
   -- The operator's note (machine.rs: Note): only while there is one.
   if m.ft ~= 0 then
-    redis.call('HSET', key, 'fr', m.fr, 'fa', m.fa, 'ft', int(m.ft))
+    redis.call('HSET', key, 'fr', m.fr, 'fa', m.fa, 'ft', int(m.ft), 'fg', int(m.g))
   elseif had_note then
-    redis.call('HDEL', key, 'fr', 'fa', 'ft')
+    redis.call('HDEL', key, 'fr', 'fa', 'ft', 'fg')
   end
   local forced = m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED
   if forced and m.fu == 0 then
