@@ -77,6 +77,14 @@ async fn reads_and_token_guarded_mutations() {
     let fleet = fleet(&redis.url()).await;
     let addr = serve(store.clone(), AdminConfig::new().token(TOKEN)).await;
 
+    let page = request(&addr, "GET", "/admin", &[], "").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.head.contains("content-type: text/html"),
+        "{}",
+        page.head
+    );
+    assert!(page.body.contains("new EventSource(base + \"events\")"));
     let all = request(&addr, "GET", "/admin/breakers", &[], "").await;
     assert_eq!(all.status, 200);
     assert!(

@@ -299,6 +299,13 @@ async fn watch_sees_a_transition_caused_by_another_instance() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut json_watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_dcb"))
+        .args(["--redis", &url, "--json", "watch", "--prefix", "sea"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut json_lines = BufReader::new(json_watch.stdout.take().unwrap()).lines();
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
     let mut ready = BufReader::new(watch.stderr.take().unwrap()).lines();
     let said = tokio::time::timeout(Duration::from_secs(10), ready.next_line()).await;
@@ -344,7 +351,26 @@ async fn watch_sees_a_transition_caused_by_another_instance() {
         line.ends_with("until reset  by carol: reindexing"),
         "{line}"
     );
+    // The same as JSON lines, for scripts.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), json_lines.next_line())
+            .await
+            .expect("a JSON line per transition")
+            .unwrap()
+            .unwrap();
+        seen.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    assert_eq!(
+        (&seen[0]["name"], &seen[0]["from"], &seen[0]["state"]),
+        (&"search".into(), &"closed".into(), &"open".into())
+    );
+    assert_eq!(
+        (&seen[1]["state"], &seen[1]["forced_by"], &seen[1]["reason"]),
+        (&"forced_open".into(), &"carol".into(), &"reindexing".into())
+    );
     watch.kill().await.unwrap();
+    json_watch.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
