@@ -302,10 +302,14 @@ async fn watch_sees_a_transition_caused_by_another_instance() {
     let mut json_watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_dcb"))
         .args(["--redis", &url, "--json", "watch", "--prefix", "sea"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut json_lines = BufReader::new(json_watch.stdout.take().unwrap()).lines();
+    let mut json_ready = BufReader::new(json_watch.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(10), json_ready.next_line()).await;
+    assert!(said.unwrap().unwrap().unwrap().starts_with("watching"));
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
     let mut ready = BufReader::new(watch.stderr.take().unwrap()).lines();
     let said = tokio::time::timeout(Duration::from_secs(10), ready.next_line()).await;

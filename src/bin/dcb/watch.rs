@@ -27,12 +27,11 @@ pub(crate) async fn watch(
         .into_iter()
         .map(|i| (i.name, i.state))
         .collect();
-    if !json {
-        eprintln!(
-            "watching {} breakers' transitions (ctrl-c to stop)",
-            states.len()
-        );
-    }
+    // On stderr: JSON lines on stdout stay clean.
+    eprintln!(
+        "watching {} breakers' transitions (ctrl-c to stop)",
+        states.len()
+    );
     loop {
         let transition = match events.recv().await {
             Ok(StoreEvent::Transition(t)) => t,
