@@ -14,6 +14,15 @@ use crate::store::{
 };
 use crate::{Snapshot, State};
 
+/// What a breaker forced open until reset reports as time left (callers'
+/// `Retry-After`), at least: a minute, or the policy's longest break if
+/// longer. Nobody knows when an operator will act, and people act in
+/// minutes, not seconds: callers told to come back after the policy's
+/// usual break would only retry in vain. (The fleet learns of a reset at
+/// once all the same: it is announced, and forced states are re-read every
+/// sync interval.)
+pub(crate) const UNTIL_RESET_RETRY_MS: u64 = 60_000;
+
 /// The most iterations the backoff loop takes; the break is capped long before.
 const MAX_BACKOFF_STEPS: u32 = 64;
 
@@ -149,10 +158,8 @@ impl Machine {
                 let first_free = self.leases.iter().map(|l| l.deadline).min().unwrap_or(now);
                 first_free.saturating_sub(now).min(p.sync_ms)
             }
-            // Until an operator acts: as long as the longest break the
-            // policy imposes (the callers' Retry-After, and how often a
-            // process re-asks the store while rejecting).
-            State::ForcedOpen if self.forced_until == 0 => p.break_max_ms,
+            // Until an operator acts: see `UNTIL_RESET_RETRY_MS`.
+            State::ForcedOpen if self.forced_until == 0 => p.break_max_ms.max(UNTIL_RESET_RETRY_MS),
             State::ForcedOpen | State::ForcedClosed | State::Disabled => {
                 self.forced_until.saturating_sub(now)
             }

@@ -88,10 +88,10 @@ pub struct Snapshot {
     pub generation: u64,
     /// Open: until the break ends. Half-open with every permit taken: until one may
     /// free up. Forced with an expiry: until it expires. Forced open without
-    /// an expiry: the policy's longest break
-    /// ([`max_break_duration`](crate::Policy::max_break_duration)), since
-    /// nobody knows when an operator will act (rejected callers get it as
-    /// their `Retry-After`). Otherwise zero.
+    /// an expiry: a minute, or the policy's longest break
+    /// ([`max_break_duration`](crate::Policy::max_break_duration)) if
+    /// longer, since nobody knows when an operator will act (rejected
+    /// callers get it as their `Retry-After`). Otherwise zero.
     pub remaining: Duration,
 }
 

@@ -480,6 +480,11 @@ async fn tls_and_an_acl_user_with_a_prefix_of_its_own() {
         i.state() == State::ForcedOpen
     })
     .await;
+    // Until reset: callers are told to come back in a minute.
+    let open = instance.breaker.admit().await.unwrap_err();
+    assert_eq!(open.state(), State::ForcedOpen);
+    assert!(open.retry_after() > Duration::from_secs(50), "{open}");
+    assert_eq!(open.http_response().headers()["retry-after"], "60");
 
     // Untrusted server, wrong password: exit 1, and no password shown.
     let out = dcb(&url, &["--key-prefix", "ops", "list"]).await;

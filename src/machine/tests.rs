@@ -453,13 +453,19 @@ fn forced_states_hold_and_expire() {
 }
 
 #[test]
-fn indefinite_forced_open_reports_the_longest_break() {
+fn indefinite_forced_open_reports_a_minute_or_the_longest_break() {
     let p = consecutive(1);
     let mut m = Machine::new(0);
     m.force(0, Force::Open(None));
+    assert_eq!(m.snapshot(&p, 10_000).remaining, Duration::from_secs(60));
+    let long = params(
+        Policy::builder()
+            .break_duration(Duration::from_secs(10))
+            .backoff(2.0, Duration::from_secs(600)),
+    );
     assert_eq!(
-        m.snapshot(&p, 10_000).remaining,
-        Duration::from_millis(p.break_max_ms)
+        m.snapshot(&long, 10_000).remaining,
+        Duration::from_secs(600)
     );
     let info = m.info("x", 10_000);
     assert!(info.forced_until_reset);
@@ -739,7 +745,7 @@ impl Model {
                     0
                 }
             }
-            State::ForcedOpen if self.forced_until == 0 => p.break_max_ms,
+            State::ForcedOpen if self.forced_until == 0 => p.break_max_ms.max(UNTIL_RESET_RETRY_MS),
             State::ForcedOpen | State::ForcedClosed | State::Disabled => {
                 self.forced_until.saturating_sub(now)
             }

@@ -182,8 +182,9 @@ local function remaining(m)
     if first == nil then first = now end
     return math.min(math.max(first - now, 0), P.sync_ms)
   elseif m.st == FORCED_OPEN and m.fu == 0 then
-    -- Until an operator acts: the longest break the policy imposes.
-    return P.break_max_ms
+    -- Until an operator acts: a minute, or the longest break if longer
+    -- (machine.rs: UNTIL_RESET_RETRY_MS).
+    return math.max(P.break_max_ms, 60000)
   elseif m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED then
     return math.max(m.fu - now, 0)
   end
