@@ -188,8 +188,13 @@ async fn dashboard_lists_follows_and_opens_the_fleet() {
         b.type_into("#actor", "oncall-bob");
         b.answer_next_prompt(TOKEN);
         b.click("tr[data-name=\"inventory\"] button[data-act=\"open\"]");
+        // The row may turn from the event stream before the page has the
+        // POST's answer: wait for both.
         let shown = b.wait_for(
-            &format!("{} === 'forced open'", row_state("inventory")),
+            &format!(
+                "{} === 'forced open' && document.getElementById('status').textContent === 'inventory: forced open'",
+                row_state("inventory")
+            ),
             Duration::from_secs(10),
         );
         serde_json::json!([
