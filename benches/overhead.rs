@@ -149,6 +149,20 @@ fn overhead(c: &mut Criterion) {
         eprintln!("redis-server not found: skipping the RedisStore benchmark");
     }
 
+    // A call timeout on every call (never reached): the timer lives in the
+    // response future, no allocation.
+    let timed = rt.block_on(async {
+        DistributedCircuitBreakerLayer::new("timed", Policy::default(), MemoryStore::new())
+            .unwrap()
+            .call_timeout(Duration::from_secs(10))
+    });
+    bench_service(
+        &mut group,
+        &rt,
+        "distributed-circuit-breaker (call_timeout)",
+        timed.layer(Plain),
+    );
+
     let recloser = recloser::AsyncRecloser::from(recloser::Recloser::default());
     group.bench_function("recloser", |b| {
         b.to_async(&rt).iter_custom(|iters| {
@@ -210,7 +224,122 @@ fn overhead(c: &mut Criterion) {
         "distributed-circuit-breaker (rejected)",
         rejected,
     );
+    let tripped = recloser::AsyncRecloser::from(recloser::Recloser::default());
+    for _ in 0..1000 {
+        let _ = futures::executor::block_on(tripped.call(ready(Err::<(), ()>(()))));
+    }
+    let wrapped_open = RecloserService {
+        inner: Plain,
+        recloser: tripped,
+    };
+    bench_service(
+        &mut group,
+        &rt,
+        "recloser (tower service, rejected)",
+        wrapped_open,
+    );
     group.finish();
+
+    contention(c, &rt);
+    #[cfg(feature = "metrics")]
+    metrics_on(c, &rt);
+}
+
+/// The closed call with a metrics recorder installed (last: the recorder
+/// stays for the rest of the process). Run with `--features metrics`.
+#[cfg(feature = "metrics")]
+fn metrics_on(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    metrics_util::debugging::DebuggingRecorder::new()
+        .install()
+        .expect("no recorder yet");
+    let mut group = c.benchmark_group("closed_call");
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    let layer = rt.block_on(async {
+        DistributedCircuitBreakerLayer::new("metrics", Policy::default(), MemoryStore::new())
+            .unwrap()
+    });
+    bench_service(
+        &mut group,
+        rt,
+        "distributed-circuit-breaker (metrics on)",
+        layer.layer(Plain),
+    );
+    group.finish();
+}
+
+/// Throughput of one breaker shared by 1, 2, ... threads (up to the cores
+/// this machine has), each thread calling its own clone of the service: the
+/// time is for `iters` calls on every thread, so flat times mean throughput
+/// that grows with the threads.
+fn contention(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("contention");
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ours = rt.block_on(async {
+        DistributedCircuitBreakerLayer::new("shared", Policy::default(), MemoryStore::new())
+            .unwrap()
+            .layer(Plain)
+    });
+    let theirs = RecloserService {
+        inner: Plain,
+        recloser: recloser::AsyncRecloser::from(recloser::Recloser::default()),
+    };
+    let mut threads = 1;
+    while threads <= cores.max(2) {
+        bench_threads(
+            &mut group,
+            &format!("distributed-circuit-breaker/{threads}"),
+            threads,
+            &ours,
+        );
+        bench_threads(
+            &mut group,
+            &format!("recloser (tower service)/{threads}"),
+            threads,
+            &theirs,
+        );
+        threads *= 2;
+    }
+    group.finish();
+}
+
+fn bench_threads<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    threads: usize,
+    svc: &S,
+) where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let mut svc = svc.clone();
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        futures::executor::block_on(async move {
+                            for i in 0..iters {
+                                let ready = svc.ready().await.unwrap();
+                                black_box(ready.call(black_box(i)).await.is_ok());
+                            }
+                        })
+                    })
+                })
+                .collect();
+            start.wait();
+            let began = Instant::now();
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            began.elapsed()
+        })
+    });
 }
 
 /// A throwaway redis-server on a free loopback port, killed on drop.

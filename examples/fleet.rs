@@ -15,14 +15,22 @@
 //!
 //! With `--redis` (or `REDIS_URL`), every instance gets its own `RedisStore`,
 //! i.e. its own connections, as separate processes would.
+//!
+//! Built with `--features metrics` and run with `--metrics`, it ends with the
+//! Prometheus scrape of the run (every `dcb_` series):
+//!
+//! ```text
+//! cargo run --example fleet --features metrics -- --redis redis://127.0.0.1:6379 --metrics
+//! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use distributed_circuit_breaker::events::Event;
 use distributed_circuit_breaker::{
-    BoxError, BreakerError, DistributedCircuitBreakerLayer, MemoryStore, Policy, RedisStore, State,
-    Store,
+    BoxError, BreakerError, BreakerName, DistributedCircuitBreakerLayer, MemoryStore, Policy,
+    RedisStore, State, Store,
 };
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -54,6 +62,9 @@ struct Dependency {
 /// What one run measured.
 #[derive(Default)]
 struct Tally {
+    /// Fleet-wide trips (closed to open), as listeners heard them (a pager
+    /// would ring this many times).
+    pages: AtomicUsize,
     instances_open: AtomicUsize,
     failed_before_all_open: AtomicUsize,
     all_open_after_ms: AtomicU64,
@@ -63,6 +74,7 @@ struct Tally {
 }
 
 struct Report {
+    pages: usize,
     failed_before_all_open: usize,
     probes: usize,
     failed_total: usize,
@@ -78,6 +90,13 @@ async fn main() -> Result<(), BoxError> {
         .map(|v| v.parse::<usize>())
         .transpose()?
         .unwrap_or(10);
+    // The recorder goes first: breakers register their counters when built.
+    #[cfg(feature = "metrics")]
+    let scrape = if std::env::args().any(|a| a == "--metrics") {
+        Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?)
+    } else {
+        None
+    };
     // The default policy (5 consecutive failures, sync every 1 s, 1 probe),
     // with a short break so that recovery shows within seconds.
     let policy = Policy::builder().break_duration(BREAK).build()?;
@@ -123,8 +142,9 @@ async fn main() -> Result<(), BoxError> {
     }
 
     println!(
-        "{:<30} {:>21} {:>18} {:>13} {:>14} {:>15} {:>10} {:>20}",
+        "{:<30} {:>6} {:>21} {:>18} {:>13} {:>14} {:>15} {:>10} {:>20}",
         "breakers",
+        "pages",
         "failures before open",
         "probes while down",
         "failed calls",
@@ -135,8 +155,9 @@ async fn main() -> Result<(), BoxError> {
     );
     for (name, r, per_thousand) in &rows {
         println!(
-            "{:<30} {:>21} {:>18} {:>13} {:>14} {:>13}ms {:>10} {:>20}",
+            "{:<30} {:>6} {:>21} {:>18} {:>13} {:>14} {:>13}ms {:>10} {:>20}",
             name,
+            r.pages,
             r.failed_before_all_open,
             r.probes,
             r.failed_total,
@@ -147,7 +168,10 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     println!(
-        "\nfailures before open: failed calls that reached the dependency before every instance had stopped calling it"
+        "\npages: trips (closed to open) of the fleet's breaker heard by the instances' listeners (Event::FleetTransition, told once per fleet)"
+    );
+    println!(
+        "failures before open: failed calls that reached the dependency before every instance had stopped calling it"
     );
     println!(
         "probes while down: calls that reached the sick dependency after that (half-open probes)"
@@ -179,6 +203,13 @@ async fn main() -> Result<(), BoxError> {
         "recloser 1.4 (ring of 5, rate 1.0)",
         busy_recloser().await
     );
+    #[cfg(feature = "metrics")]
+    if let Some(scrape) = scrape {
+        println!("\nPrometheus scrape (dcb_ series):");
+        for line in scrape.render().lines().filter(|l| l.contains("dcb_")) {
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 
@@ -268,7 +299,13 @@ async fn run(
     let mut breakers = Vec::new();
     for i in 0..instances {
         let name = distributed_circuit_breaker::BreakerName::new("inventory")?;
-        let layer = DistributedCircuitBreakerLayer::with_store(name, policy.clone(), store_for(i));
+        let pages = tally.clone();
+        let layer = DistributedCircuitBreakerLayer::with_store(name, policy.clone(), store_for(i))
+            .on_event(move |_: &BreakerName, event: &Event| {
+                if matches!(event, Event::FleetTransition(t) if t.from == State::Closed && t.to == State::Open) {
+                    pages.pages.fetch_add(1, Ordering::SeqCst);
+                }
+            });
         let breaker = layer.breaker();
         breakers.push(breaker.clone());
         let dep = dependency.clone();
@@ -327,6 +364,7 @@ async fn run(
     let recovered = breakers.iter().all(|b| b.snapshot().state == State::Closed);
     let failed_before_all_open = tally.failed_before_all_open.load(Ordering::SeqCst);
     Ok(Report {
+        pages: tally.pages.load(Ordering::SeqCst),
         failed_before_all_open,
         probes: failed_total.saturating_sub(failed_before_all_open),
         failed_total,

@@ -86,9 +86,16 @@ impl Breaker {
         let admission = match replica.peek() {
             Peek::Pass { generation, count } => Admission::Pass { generation, count },
             Peek::Reject { state, retry_after } => {
-                return Err(replica.open_error(state, retry_after))
+                replica.observer.rejected(state);
+                return Err(replica.open_error(state, retry_after));
             }
-            Peek::NeedsPermit => replica.clone().acquire().await?,
+            Peek::NeedsPermit => match replica.clone().acquire().await {
+                Ok(admission) => admission,
+                Err(open) => {
+                    replica.observer.rejected(open.state());
+                    return Err(open);
+                }
+            },
         };
         Ok(Permit {
             admission: Some(admission),
@@ -102,7 +109,10 @@ impl Breaker {
         let r = &self.replica;
         let ticket = r.ticket();
         let snapshot = r.store.force(&r.name, &r.policy, force).await?;
+        r.observer.push(crate::events::Event::Forced { force });
+        tracing::info!(breaker = %r.name, force = ?force, state = snapshot.state.as_str(), generation = snapshot.generation, "breaker forced");
         r.adopt(ticket, snapshot);
+        r.mail.notify_one();
         Ok(snapshot)
     }
 }

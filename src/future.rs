@@ -12,6 +12,7 @@ use tokio::time::{Instant, Sleep};
 use crate::deferred::Recorder;
 use crate::layer::Shared;
 use crate::sync::permit::Admission;
+use crate::sync::replica::Replica;
 use crate::{BoxError, CallTimeout, CircuitOpen, Classifier, Deferred, Outcome};
 
 pin_project! {
@@ -33,9 +34,11 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            // Boxed so that calls without a timeout do not carry (and move)
-            // the timer's hundred bytes: only a call timeout costs an allocation.
-            timeout: Option<Pin<Box<Sleep>>>,
+            // Armed when the inner future is first found pending: a call
+            // answered at once never touches tokio's timer, and no call
+            // allocates for one.
+            #[pin]
+            timeout: Option<Sleep>,
             call: Option<Call<C>>,
         },
     }
@@ -50,24 +53,25 @@ struct Call<C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn rejected(open: Box<CircuitOpen>) -> Self {
+    /// A call turned away by `replica`'s breaker (counted for its listener
+    /// and metrics).
+    pub(crate) fn rejected(open: Box<CircuitOpen>, replica: &Replica) -> Self {
+        replica.observer.rejected(open.state());
         Self {
             kind: Kind::Rejected { open: Some(open) },
         }
     }
 
     #[inline(always)]
-    pub(crate) fn called(
-        future: F,
-        shared: Arc<Shared<C>>,
-        admission: Admission,
-        timeout: Option<Pin<Box<Sleep>>>,
-        timed: bool,
-    ) -> Self {
+    pub(crate) fn called<T, E>(future: F, shared: Arc<Shared<C>>, admission: Admission) -> Self
+    where
+        C: Classifier<T, E>,
+    {
+        let timed = shared.timed();
         Self {
             kind: Kind::Called {
                 future,
-                timeout,
+                timeout: None,
                 call: Some(Call {
                     shared,
                     admission,
@@ -100,7 +104,7 @@ where
             }
             KindProj::Called {
                 future,
-                timeout,
+                mut timeout,
                 call,
             } => {
                 // If the inner future panics, the guard counts a failure
@@ -122,8 +126,13 @@ where
                     }
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                if let Some(timeout) = timeout {
-                    if timeout.as_mut().poll(cx).is_ready() {
+                if timeout.is_none() {
+                    if let Some(sleep) = call.as_ref().and_then(Call::timer) {
+                        timeout.set(Some(sleep));
+                    }
+                }
+                if let Some(timeout) = timeout.as_pin_mut() {
+                    if timeout.poll(cx).is_ready() {
                         let error = call.take().map(|call| {
                             let elapsed = call.elapsed();
                             let replica = &call.shared.replica;
@@ -159,6 +168,22 @@ impl<C> Drop for UnwindGuard<'_, C> {
 }
 
 impl<C> Call<C> {
+    /// The call's timer, if it has a timeout: from the call's start when
+    /// that was measured, else from now (the first poll that found the
+    /// inner future pending).
+    #[cold]
+    fn timer(&self) -> Option<Sleep> {
+        let limit = self.shared.call_timeout?;
+        // A tokio timer outside a tokio runtime panics; run the call
+        // without one rather than take the caller down (said once).
+        if tokio::runtime::Handle::try_current().is_err() {
+            crate::sync::driver::no_runtime(&self.shared.replica);
+            return None;
+        }
+        let start = self.started.unwrap_or_else(Instant::now);
+        Some(tokio::time::sleep_until(start + limit))
+    }
+
     #[inline(always)]
     fn elapsed(&self) -> std::time::Duration {
         self.started

@@ -1,11 +1,9 @@
 //! The tower [`Layer`] that puts a breaker in front of a service.
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Sleep;
 use tower_layer::Layer;
 
 use crate::store::Store;
@@ -60,36 +58,38 @@ pub enum Rejection {
 /// ```
 pub struct DistributedCircuitBreakerLayer<C = ErrorsAsFailures> {
     pub(crate) shared: Arc<Shared<C>>,
+    lanes: Lanes<C>,
 }
 
-/// What every service built by one layer shares.
+/// What every service built by one layer shares. Aligned so that the
+/// reference count of one copy (see [`Lanes`]) never shares a cache line
+/// with another copy's fields.
+#[repr(align(64))]
 pub(crate) struct Shared<C> {
     pub(crate) replica: Arc<Replica>,
-    pub(crate) classifier: C,
+    pub(crate) classifier: Arc<C>,
     pub(crate) call_timeout: Option<Duration>,
     pub(crate) rejection: Rejection,
 }
 
 impl<C> Shared<C> {
-    /// The timer of a call (if a call timeout is set) and whether its duration
-    /// must be measured.
+    /// Another copy of the same breaker, classifier and settings.
+    fn copy(&self) -> Self {
+        Shared {
+            replica: self.replica.clone(),
+            classifier: self.classifier.clone(),
+            call_timeout: self.call_timeout,
+            rejection: self.rejection,
+        }
+    }
+
+    /// Whether a call's duration must be measured.
     #[inline(always)]
-    pub(crate) fn call_timer<Res, Err>(&self) -> (Option<Pin<Box<Sleep>>>, bool)
+    pub(crate) fn timed<Res, Err>(&self) -> bool
     where
         C: Classifier<Res, Err>,
     {
-        let timer = self.call_timeout.and_then(|limit| {
-            // A tokio timer outside a tokio runtime panics; run the call
-            // without one rather than take the caller down (said once).
-            if tokio::runtime::Handle::try_current().is_err() {
-                crate::sync::driver::no_runtime(&self.replica);
-                return None;
-            }
-            Some(Box::pin(tokio::time::sleep(limit)))
-        });
-        let timed =
-            self.replica.policy.slow_call_duration().is_some() || self.classifier.uses_elapsed();
-        (timer, timed)
+        self.replica.policy.slow_call_duration().is_some() || self.classifier.uses_elapsed()
     }
 }
 
@@ -108,37 +108,35 @@ impl DistributedCircuitBreakerLayer {
 
     /// Like [`new`](Self::new), for a store already behind an `Arc<dyn Store>`.
     pub fn with_store(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                replica: Replica::spawn(name, policy, Hub::new(store)),
-                classifier: ErrorsAsFailures,
-                call_timeout: None,
-                rejection: Rejection::Fail,
-            }),
-        }
+        Self::from_shared(Shared {
+            replica: Replica::spawn(name, policy, Hub::new(store), Arc::new(())),
+            classifier: Arc::new(ErrorsAsFailures),
+            call_timeout: None,
+            rejection: Rejection::Fail,
+        })
     }
 }
 
 impl<C> DistributedCircuitBreakerLayer<C> {
     /// Classifies results with `classifier` instead.
     pub fn classifier<C2>(self, classifier: C2) -> DistributedCircuitBreakerLayer<C2> {
-        DistributedCircuitBreakerLayer {
-            shared: Arc::new(Shared {
-                replica: self.shared.replica.clone(),
-                classifier,
-                call_timeout: self.shared.call_timeout,
-                rejection: self.shared.rejection,
-            }),
-        }
+        DistributedCircuitBreakerLayer::from_shared(Shared {
+            replica: self.shared.replica.clone(),
+            classifier: Arc::new(classifier),
+            call_timeout: self.shared.call_timeout,
+            rejection: self.shared.rejection,
+        })
     }
 
     /// Fails a call that takes longer than `timeout` with
     /// [`CallTimeout`](crate::CallTimeout) and counts it as a failure.
     ///
-    /// The timer costs one small allocation per call; without a call timeout
-    /// the closed path allocates nothing. (`tower::timeout` composed inside the
-    /// breaker keeps its timer inline instead, and its `Elapsed` error counts
-    /// as a failure with the stock classifiers.)
+    /// The timer lives in the response future (no allocation) and is armed
+    /// only if the inner future is not ready when first polled: a call that
+    /// answers at once never touches tokio's timer. It counts from the call
+    /// when the call's duration is measured anyway (slow-call rule, or a
+    /// classifier that uses it), else from that first poll, which for a
+    /// response future polled at once is the same moment.
     pub fn call_timeout(self, timeout: Duration) -> Self
     where
         C: Clone,
@@ -161,6 +159,87 @@ impl<C> DistributedCircuitBreakerLayer<C> {
         self
     }
 
+    /// Tells `listener` what happens to the breaker: transitions (this
+    /// process's, and the fleet's once per fleet), rejection counts, probes,
+    /// store trouble, operator commands; see [`Event`](crate::events::Event).
+    ///
+    /// The listener belongs to the breaker, so it replaces the one of every
+    /// clone of this layer and of the services built from it. A keyed
+    /// layer's breakers hear it too (its listener is called with each key's
+    /// breaker name).
+    ///
+    /// ```
+    /// use distributed_circuit_breaker::events::Event;
+    /// use distributed_circuit_breaker::{BreakerName, DistributedCircuitBreakerLayer, MemoryStore, Policy};
+    ///
+    /// let layer = DistributedCircuitBreakerLayer::new("search", Policy::default(), MemoryStore::new())?
+    ///     .on_event(|name: &BreakerName, event: &Event| {
+    ///         if let Event::FleetTransition(t) = event {
+    ///             eprintln!("{name} went {} -> {}", t.from, t.to);
+    ///         }
+    ///     });
+    /// # drop(layer);
+    /// # Ok::<(), distributed_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn on_event(self, listener: impl crate::events::Listener) -> Self {
+        self.shared
+            .replica
+            .observer
+            .set_listener(Arc::new(listener));
+        self
+    }
+
+    /// Checks the dependency actively while the breaker is open: every
+    /// `interval`, one process of the fleet (whichever holds the turn in the
+    /// store; a holder that dies hands it on within three intervals) runs
+    /// `check`. A check that answers `true` moves the breaker to half-open
+    /// at once, ending the break early; probes then decide as after any
+    /// break (`successes_to_close` of them close it). One that answers
+    /// `false`, or not within `interval`, keeps the breaker open until the
+    /// next check at least.
+    ///
+    /// Needs a tokio runtime when called. Fails if `interval` is under 10 ms
+    /// or over [`MAX_DURATION`](crate::MAX_DURATION), or if the breaker has
+    /// a health check already. A keyed layer's breakers have none: the check
+    /// is the base breaker's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, MemoryStore, Policy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), distributed_circuit_breaker::ConfigError> {
+    /// let layer = DistributedCircuitBreakerLayer::new("inventory", Policy::default(), MemoryStore::new())?
+    ///     .health_check(Duration::from_secs(2), || async {
+    ///         // e.g. GET http://inventory/healthz answered 200
+    ///         true
+    ///     })?;
+    /// # drop(layer); Ok(()) }
+    /// ```
+    pub fn health_check<F, Fut>(self, interval: Duration, check: F) -> Result<Self, ConfigError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        if interval < Duration::from_millis(10) || interval > crate::MAX_DURATION {
+            return Err(ConfigError::new(
+                "health_check.interval",
+                format!(
+                    "must be between 10ms and {:?}, got {interval:?}",
+                    crate::MAX_DURATION
+                ),
+            ));
+        }
+        if !self.shared.replica.claim_health_check() {
+            return Err(ConfigError::new(
+                "health_check",
+                "this breaker has a health check already (one per breaker)",
+            ));
+        }
+        let check: crate::sync::health::CheckFn = Arc::new(move || Box::pin(check()));
+        crate::sync::health::start(&self.shared.replica, check, interval);
+        Ok(self)
+    }
+
     /// A handle to inspect and command the breaker.
     pub fn breaker(&self) -> Breaker {
         Breaker::new(self.shared.replica.clone())
@@ -170,15 +249,16 @@ impl<C> DistributedCircuitBreakerLayer<C> {
     where
         C: Clone,
     {
-        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
-            replica: arc.replica.clone(),
-            classifier: arc.classifier.clone(),
-            call_timeout: arc.call_timeout,
-            rejection: arc.rejection,
-        });
+        let mut shared = self.shared.copy();
         f(&mut shared);
+        Self::from_shared(shared)
+    }
+
+    fn from_shared(shared: Shared<C>) -> Self {
+        let shared = Arc::new(shared);
         Self {
-            shared: Arc::new(shared),
+            lanes: Lanes::new(&shared),
+            shared,
         }
     }
 }
@@ -187,6 +267,7 @@ impl<C> Clone for DistributedCircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            lanes: self.lanes.clone(),
         }
     }
 }
@@ -214,6 +295,47 @@ impl<S, C> Layer<S> for DistributedCircuitBreakerLayer<C> {
     type Service = DistributedCircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DistributedCircuitBreaker::new(inner, self.shared.clone())
+        DistributedCircuitBreaker::new(inner, self.lanes.clone())
+    }
+}
+
+/// Copies of a layer's [`Shared`], one per thread lane: a call's response
+/// future holds a reference to its thread's copy, so threads calling one
+/// breaker each count references on their own cache line.
+pub(crate) struct Lanes<C>(Arc<[Arc<Shared<C>>]>);
+
+impl<C> Lanes<C> {
+    fn new(shared: &Arc<Shared<C>>) -> Self {
+        let copies = (0..crate::lanes::count())
+            .map(|lane| {
+                if lane == 0 {
+                    shared.clone()
+                } else {
+                    Arc::new(shared.copy())
+                }
+            })
+            .collect();
+        Lanes(copies)
+    }
+
+    /// The layer's settings and breaker (any copy will do).
+    #[inline(always)]
+    pub(crate) fn shared(&self) -> &Arc<Shared<C>> {
+        // Never empty: `new` makes at least one copy (`lanes::count() >= 1`).
+        &self.0[0]
+    }
+
+    /// This thread's copy.
+    #[inline(always)]
+    pub(crate) fn pick(&self) -> &Arc<Shared<C>> {
+        let mask = self.0.len() - 1;
+        // In bounds: the length is a power of two and `mask` one less.
+        &self.0[crate::lanes::current() & mask]
+    }
+}
+
+impl<C> Clone for Lanes<C> {
+    fn clone(&self) -> Self {
+        Lanes(self.0.clone())
     }
 }

@@ -90,11 +90,15 @@ mod config;
 mod config_error;
 mod deferred;
 mod error;
+pub mod events;
 mod future;
 mod key;
 pub mod keyed;
+mod lanes;
 mod layer;
 mod machine;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod on_open;
 #[cfg(any(feature = "cli", feature = "admin"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "cli", feature = "admin"))))]

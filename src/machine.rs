@@ -569,6 +569,27 @@ impl Machine {
         self.transition(State::Closed, now);
     }
 
+    /// Applies the report of the fleet's health check on the open state of
+    /// `generation`: healthy moves it to half-open at once; unhealthy keeps
+    /// it open for at least `extend_ms` from now. Returns whether it moved.
+    pub(crate) fn health_report(
+        &mut self,
+        now: u64,
+        generation: u64,
+        healthy: bool,
+        extend_ms: u64,
+    ) -> bool {
+        if self.state != State::Open || self.generation != generation {
+            return false;
+        }
+        if healthy {
+            self.transition(State::HalfOpen, now);
+            return true;
+        }
+        self.open_until = self.open_until.max(now.saturating_add(extend_ms));
+        false
+    }
+
     /// Every transition bumps the generation and starts the new state clean.
     /// The first transition of a breaker the store did not hold jumps to
     /// the current time: newer than anything a process may remember of an

@@ -3,14 +3,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::layer::{Rejection, Shared};
+use crate::layer::{Lanes, Rejection};
 use crate::sync::permit::Admission;
 use crate::sync::replica::Peek;
 use crate::{BoxError, Breaker, CircuitOpen, Classifier, ResponseFuture};
@@ -37,7 +37,7 @@ type Waiting = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// sorts them for `match`.
 pub struct DistributedCircuitBreaker<S, C> {
     inner: S,
-    shared: Arc<Shared<C>>,
+    lanes: Lanes<C>,
     readiness: Readiness,
 }
 
@@ -63,10 +63,10 @@ enum Readiness {
 }
 
 impl<S, C> DistributedCircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
+    pub(crate) fn new(inner: S, lanes: Lanes<C>) -> Self {
         Self {
             inner,
-            shared,
+            lanes,
             readiness: Readiness::Idle,
         }
     }
@@ -88,7 +88,7 @@ impl<S, C> DistributedCircuitBreaker<S, C> {
 
     /// A handle to inspect and command the breaker.
     pub fn breaker(&self) -> Breaker {
-        Breaker::new(self.shared.replica.clone())
+        Breaker::new(self.lanes.shared().replica.clone())
     }
 }
 
@@ -107,14 +107,14 @@ where
         loop {
             match &mut self.readiness {
                 Readiness::Idle => {
-                    self.readiness = match self.shared.replica.peek() {
+                    self.readiness = match self.lanes.shared().replica.peek() {
                         Peek::Pass { generation, count } => Readiness::Pass { generation, count },
                         Peek::Reject { state, retry_after } => {
-                            let open = self.shared.replica.open_error(state, retry_after);
+                            let open = self.lanes.shared().replica.open_error(state, retry_after);
                             Readiness::Rejected(Box::new(open))
                         }
                         Peek::NeedsPermit => {
-                            let acquire = self.shared.replica.clone().acquire();
+                            let acquire = self.lanes.shared().replica.clone().acquire();
                             Readiness::Acquiring(Mutex::new(Box::pin(acquire)))
                         }
                     }
@@ -136,11 +136,11 @@ where
                     return ready.map_err(Into::into);
                 }
                 Readiness::Admitted(_) => return self.inner.poll_ready(cx).map_err(Into::into),
-                Readiness::Rejected(open) => match self.shared.rejection {
+                Readiness::Rejected(open) => match self.lanes.shared().rejection {
                     Rejection::Fail => return Poll::Ready(Ok(())),
                     Rejection::Backpressure => {
                         let wait = open.retry_after().max(BACKPRESSURE_RETRY);
-                        let replica = self.shared.replica.clone();
+                        let replica = self.lanes.shared().replica.clone();
                         let waiting = async move {
                             tokio::select! {
                                 biased;
@@ -168,23 +168,23 @@ where
         }
         let admission = match std::mem::replace(&mut self.readiness, Readiness::Idle) {
             Readiness::Admitted(admission) => admission,
-            Readiness::Rejected(open) => return ResponseFuture::rejected(open),
+            Readiness::Rejected(open) => {
+                return ResponseFuture::rejected(open, &self.lanes.shared().replica)
+            }
             // `call` without `poll_ready` breaks the `Service` contract; decide
             // from the current state rather than panic.
-            _ => match self.shared.replica.peek() {
+            _ => match self.lanes.shared().replica.peek() {
                 Peek::Pass { generation, count } => Admission::Pass { generation, count },
                 Peek::Reject { state, retry_after } => {
-                    let open = self.shared.replica.open_error(state, retry_after);
-                    return ResponseFuture::rejected(Box::new(open));
+                    let replica = &self.lanes.shared().replica;
+                    let open = replica.open_error(state, retry_after);
+                    return ResponseFuture::rejected(Box::new(open), replica);
                 }
                 // The next `poll_ready` asks for a permit.
                 Peek::NeedsPermit => {
-                    let current = self.shared.replica.current();
-                    let open = self
-                        .shared
-                        .replica
-                        .open_error(current.state, Duration::ZERO);
-                    return ResponseFuture::rejected(Box::new(open));
+                    let replica = &self.lanes.shared().replica;
+                    let open = replica.open_error(replica.current().state, Duration::ZERO);
+                    return ResponseFuture::rejected(Box::new(open), replica);
                 }
             },
         };
@@ -200,13 +200,10 @@ impl<S, C> DistributedCircuitBreaker<S, C> {
         S: Service<Req>,
         C: Classifier<S::Response, S::Error>,
     {
-        let (timeout, timed) = self.shared.call_timer();
         ResponseFuture::called(
             self.inner.call(request),
-            self.shared.clone(),
+            self.lanes.pick().clone(),
             admission,
-            timeout,
-            timed,
         )
     }
 }
@@ -215,7 +212,7 @@ impl<S: Clone, C> Clone for DistributedCircuitBreaker<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            lanes: self.lanes.clone(),
             readiness: Readiness::Idle,
         }
     }
@@ -233,7 +230,7 @@ impl<S: fmt::Debug, C> fmt::Debug for DistributedCircuitBreaker<S, C> {
         };
         f.debug_struct("DistributedCircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.shared)
+            .field("breaker", self.lanes.shared())
             .field("readiness", &readiness)
             .finish()
     }

@@ -47,6 +47,11 @@ impl State {
         }
     }
 
+    /// The state's place in [`State::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self.code() as usize
+    }
+
     pub(crate) fn from_code(code: u64) -> Option<State> {
         State::ALL.get(usize::try_from(code).ok()?).copied()
     }
@@ -115,6 +120,14 @@ pub struct Transition {
     /// When this process received the announcement: a breaker that applies it
     /// later still ends its break when the store said, not later.
     pub received: tokio::time::Instant,
+    /// Who made the transition: the id of the instance whose outcomes
+    /// tripped it, or the lease of the probe that moved it (0: nobody in
+    /// particular, as for an operator's command or an expiry). The one
+    /// process whose breaker this names reports the transition as the
+    /// fleet's ([`Event::FleetTransition`](crate::events::Event::FleetTransition)).
+    pub origin: u64,
+    /// The state before the transition, where the store said.
+    pub from: Option<State>,
 }
 
 /// What a store announces to the processes that subscribed.

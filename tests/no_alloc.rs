@@ -2,9 +2,9 @@
 //! thousand calls through a closed breaker.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use distributed_circuit_breaker::{
@@ -14,12 +14,20 @@ use tower::{Layer, Service, ServiceExt};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // Tests run on several threads at once: count this thread's allocations
+    // only (each test runs its calls on a current-thread runtime), while
+    // `COUNTING` is set.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        }
         unsafe { System.alloc(layout) }
     }
 
@@ -48,27 +56,106 @@ impl Service<u32> for Ok200 {
     }
 }
 
-#[test]
-fn a_closed_call_allocates_nothing() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Answers on the second poll, like a call that waits on a socket once.
+#[derive(Clone, Copy)]
+struct Later;
+
+impl Service<u32> for Later {
+    type Response = http::Response<()>;
+    type Error = Infallible;
+    type Future = YieldOnce;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        YieldOnce(false)
+    }
+}
+
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = Result<http::Response<()>, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.0 {
+            return Poll::Ready(Ok(http::Response::new(())));
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Allocations made by a thousand calls through `svc`, after ten to warm up
+/// (the first call may start the background task).
+async fn allocations_per_thousand<S>(mut svc: S) -> usize
+where
+    S: Service<u32>,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..10 {
+        svc.ready().await.unwrap().call(i).await.unwrap();
+    }
+    COUNTING.with(|counting| counting.set(true));
+    let before = ALLOCATIONS.with(Cell::get);
+    for i in 0..1_000 {
+        svc.ready().await.unwrap().call(i).await.unwrap();
+    }
+    let made = ALLOCATIONS.with(Cell::get) - before;
+    COUNTING.with(|counting| counting.set(false));
+    made
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let layer =
-            DistributedCircuitBreakerLayer::new("no-alloc", Policy::default(), MemoryStore::new())
-                .unwrap()
-                .classifier(HttpClassifier::default());
-        let mut svc = layer.layer(Ok200);
-        // Warm up: the first call starts the background task.
-        for i in 0..10 {
-            svc.ready().await.unwrap().call(i).await.unwrap();
+        .unwrap()
+}
+
+fn layer(name: &str) -> DistributedCircuitBreakerLayer<HttpClassifier> {
+    DistributedCircuitBreakerLayer::new(name, Policy::default(), MemoryStore::new())
+        .unwrap()
+        .classifier(HttpClassifier::default())
+}
+
+#[test]
+fn a_closed_call_allocates_nothing() {
+    runtime().block_on(async {
+        let svc = layer("no-alloc").layer(Ok200);
+        assert_eq!(allocations_per_thousand(svc).await, 0);
+        let svc = layer("no-alloc-pending").layer(Later);
+        assert_eq!(allocations_per_thousand(svc).await, 0);
+    });
+}
+
+#[test]
+fn a_call_timeout_allocates_nothing() {
+    runtime().block_on(async {
+        // Answered at once: the timer is never armed.
+        let timed = layer("timed").call_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(allocations_per_thousand(timed.layer(Ok200)).await, 0);
+        // Pending once: the timer is armed, inline in the response future.
+        let timed = layer("timed-pending").call_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(allocations_per_thousand(timed.layer(Later)).await, 0);
+    });
+}
+
+#[test]
+fn a_known_borrowed_key_allocates_nothing() {
+    #[derive(Clone)]
+    struct Tenant;
+    impl distributed_circuit_breaker::KeyExtractor<u32> for Tenant {
+        fn extract<'r>(&self, request: &'r u32) -> Option<std::borrow::Cow<'r, str>> {
+            const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+            Some(std::borrow::Cow::Borrowed(KEYS[*request as usize % 4]))
         }
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
-        for i in 0..1_000 {
-            svc.ready().await.unwrap().call(i).await.unwrap();
-        }
-        let after = ALLOCATIONS.load(Ordering::SeqCst);
-        assert_eq!(after - before, 0, "allocations on the closed path");
+    }
+    runtime().block_on(async {
+        let keyed = layer("keyed").key_by(Tenant);
+        assert_eq!(allocations_per_thousand(keyed.layer(Ok200)).await, 0);
     });
 }

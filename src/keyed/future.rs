@@ -82,11 +82,10 @@ where
                     };
                     match decision {
                         Ok(admission) => {
-                            let (timer, timed) = shared.call_timer();
                             let future = inner.call(request);
-                            ResponseFuture::called(future, shared, admission, timer, timed)
+                            ResponseFuture::called(future, shared, admission)
                         }
-                        Err(open) => ResponseFuture::rejected(Box::new(open)),
+                        Err(open) => ResponseFuture::rejected(Box::new(open), &shared.replica),
                     }
                 }
             };

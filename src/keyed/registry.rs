@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foldhash::quality::RandomState;
-use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::sync::Cache;
+use quick_cache::Lifecycle;
 use quick_cache::{OptionsBuilder, UnitWeighter};
 use tokio::time::Instant;
 
 use crate::key::breaker_name;
 use crate::layer::{Rejection, Shared};
 use crate::store::Store;
+use crate::sync::observer::Observer;
 use crate::sync::replica::Replica;
 use crate::{BreakerName, PolicySet, StoreFailure};
 
@@ -27,7 +29,12 @@ pub(crate) struct Registry<C> {
     /// Bounded, with O(1) eviction (quick_cache's S3-FIFO: scan-resistant,
     /// so a flood of one-off keys never displaces the breakers in use), and
     /// a seeded hash (keys come from requests).
-    map: Cache<String, Arc<Shared<C>>, UnitWeighter, RandomState>,
+    map: Cache<String, Arc<Shared<C>>, UnitWeighter, RandomState, Evictions>,
+    /// Breakers dropped (evicted at capacity, or swept idle), and how many
+    /// of those the metrics were told of.
+    evictions: Arc<AtomicU64>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    reported: AtomicU64,
     /// When idle breakers were last swept (ms since `epoch`).
     last_sweep: AtomicU64,
     epoch: Instant,
@@ -39,7 +46,24 @@ pub(crate) struct Registry<C> {
 /// shard per this many keys, where the imbalance is a fraction of a percent.
 const KEYS_PER_SHARD: usize = 65_536;
 
-fn registry_cache<V: Clone>(max_breakers: usize) -> Cache<String, V, UnitWeighter, RandomState> {
+/// Counts the breakers the cache evicts at capacity.
+#[derive(Debug, Clone)]
+struct Evictions(Arc<AtomicU64>);
+
+impl<K, V> Lifecycle<K, V> for Evictions {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _: &mut Self::RequestState, _: K, _: V) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn registry_cache<V: Clone>(
+    max_breakers: usize,
+    evictions: Evictions,
+) -> Cache<String, V, UnitWeighter, RandomState, Evictions> {
     let shards = max_breakers.div_ceil(KEYS_PER_SHARD).next_power_of_two();
     let options = OptionsBuilder::new()
         .estimated_items_capacity(max_breakers)
@@ -51,7 +75,7 @@ fn registry_cache<V: Clone>(max_breakers: usize) -> Cache<String, V, UnitWeighte
             options,
             UnitWeighter,
             RandomState::default(),
-            DefaultLifecycle::default(),
+            evictions.clone(),
         ),
         // Only a zero capacity is refused, and `limits` rejects that.
         Err(_) => Cache::with(
@@ -59,7 +83,7 @@ fn registry_cache<V: Clone>(max_breakers: usize) -> Cache<String, V, UnitWeighte
             max_breakers as u64,
             UnitWeighter,
             RandomState::default(),
-            DefaultLifecycle::default(),
+            evictions.clone(),
         ),
     }
 }
@@ -72,13 +96,16 @@ impl<C: Clone> Registry<C> {
         max_breakers: usize,
         idle_timeout: Duration,
     ) -> Self {
+        let evictions = Arc::new(AtomicU64::new(0));
         Registry {
             base,
             policies,
             store,
             max_breakers,
             idle_timeout,
-            map: registry_cache(max_breakers),
+            map: registry_cache(max_breakers, Evictions(evictions.clone())),
+            evictions,
+            reported: AtomicU64::new(0),
             last_sweep: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -98,10 +125,25 @@ impl<C: Clone> Registry<C> {
         let made = self.map.get_or_insert_with(&*key, || {
             Ok::<_, std::convert::Infallible>(Arc::new(self.make(&key)))
         });
+        #[cfg(feature = "metrics")]
+        self.report();
         match made {
             Ok(shared) => shared,
             Err(never) => match never {},
         }
+    }
+
+    /// Tells the metrics the registry's size and its evictions since the
+    /// last report (on the path that creates breakers only).
+    #[cfg(feature = "metrics")]
+    fn report(&self) {
+        let evicted = self.evictions.load(Ordering::Relaxed);
+        let before = self.reported.swap(evicted, Ordering::Relaxed);
+        crate::metrics::registry(
+            &self.base.replica.name,
+            self.map.len(),
+            evicted.saturating_sub(before),
+        );
     }
 
     /// Drops idle breakers as new keys arrive: at most every half
@@ -122,7 +164,10 @@ impl<C: Clone> Registry<C> {
         {
             return;
         }
+        let before = self.map.len();
         self.map.retain(|_, shared| shared.replica.idle_sweep() < 3);
+        let swept = before.saturating_sub(self.map.len());
+        self.evictions.fetch_add(swept as u64, Ordering::Relaxed);
     }
 
     /// The breaker for `key` if it exists now.
@@ -147,6 +192,11 @@ impl<C: Clone> Registry<C> {
             name,
             self.policies.policy_for(key).clone(),
             self.base.replica.hub.clone(),
+            1,
+            Observer::new(
+                self.base.replica.name.clone(),
+                self.base.replica.observer.listener(),
+            ),
         );
         replica.degraded.set_mode(self.failure_mode());
         let replica = Arc::new(replica);

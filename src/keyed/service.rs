@@ -66,16 +66,16 @@ where
         let shared = self.registry.get(self.extractor.extract(&request));
         match shared.replica.peek() {
             Peek::Pass { generation, count } => {
-                let (timer, timed) = shared.call_timer();
                 let admission = Admission::Pass { generation, count };
                 let future = self.inner.call(request);
-                KeyedResponseFuture::running(ResponseFuture::called(
-                    future, shared, admission, timer, timed,
-                ))
+                KeyedResponseFuture::running(ResponseFuture::called(future, shared, admission))
             }
             Peek::Reject { state, retry_after } => {
                 let open = shared.replica.open_error(state, retry_after);
-                KeyedResponseFuture::running(ResponseFuture::rejected(Box::new(open)))
+                KeyedResponseFuture::running(ResponseFuture::rejected(
+                    Box::new(open),
+                    &shared.replica,
+                ))
             }
             Peek::NeedsPermit => {
                 // The permit is asked for in the future; the service that

@@ -8,13 +8,13 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    Acquired, BreakerInfo, BreakerName, Force, ForceNote, OutcomeBatch, PolicyConflicts,
-    ProbeResult, Store, StoreFuture,
+    Acquired, BreakerInfo, BreakerName, Force, ForceNote, HealthCheck, HealthTurn, OutcomeBatch,
+    PolicyConflicts, ProbeResult, Store, StoreFuture,
 };
 use crate::machine::Machine;
 use crate::policy::Params;
 use crate::rand::rand16;
-use crate::{Policy, Snapshot, StoreEvent, Transition};
+use crate::{Policy, Snapshot, State, StoreEvent, Transition};
 
 /// How many transitions a slow subscriber may fall behind before it skips
 /// ahead (it then resynchronises on its next refresh).
@@ -59,6 +59,9 @@ struct Inner {
 struct Breakers {
     map: HashMap<BreakerName, Entry>,
     operations: u64,
+    /// Health-check turns: holder and when the turn ends (the Redis store
+    /// keeps them in a key of their own).
+    turns: HashMap<BreakerName, (u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,7 @@ impl MemoryStore {
         name: &BreakerName,
         policy: &Policy,
         writes: bool,
+        origin: u64,
         op: impl FnOnce(&mut Machine, &Params, u64) -> T,
     ) -> (T, Snapshot) {
         let params = policy.params();
@@ -139,20 +143,22 @@ impl MemoryStore {
         {
             breakers.map.remove(name);
         }
-        let (out, before, snapshot) = match breakers.map.get_mut(name) {
+        let (out, before, from, snapshot) = match breakers.map.get_mut(name) {
             Some(entry) => {
                 let before = entry.machine.generation;
+                let from = entry.machine.state;
                 let out = op(&mut entry.machine, params, now);
                 if writes || entry.machine.generation != before {
                     entry.expires_at = entry.machine.keep_until(params, now);
                 }
-                (out, before, entry.machine.snapshot(params, now))
+                (out, before, from, entry.machine.snapshot(params, now))
             }
             None => {
                 // Not held: the implicit breaker, kept only once something
                 // worth keeping happened to it.
                 let mut machine = Machine::implicit();
                 let before = machine.generation;
+                let from = machine.state;
                 let out = op(&mut machine, params, now);
                 let snapshot = machine.snapshot(params, now);
                 if machine.worth_keeping(params) {
@@ -165,7 +171,7 @@ impl MemoryStore {
                         },
                     );
                 }
-                (out, before, snapshot)
+                (out, before, from, snapshot)
             }
         };
         if snapshot.generation != before {
@@ -174,6 +180,8 @@ impl MemoryStore {
                 name: name.as_str().to_owned(),
                 snapshot,
                 received: Instant::now(),
+                origin,
+                from: Some(from),
             }));
         }
         (out, snapshot)
@@ -218,7 +226,7 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         batch: OutcomeBatch,
     ) -> StoreFuture<'a, Snapshot> {
-        let (other, snapshot) = self.step(name, policy, true, |m, p, now| {
+        let (other, snapshot) = self.step(name, policy, true, batch.instance, |m, p, now| {
             m.record(p, now, &batch, rand16())
         });
         if let Some(theirs) = other {
@@ -235,7 +243,9 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         lease: u64,
     ) -> StoreFuture<'a, Acquired> {
-        let (acquired, _) = self.step(name, policy, true, |m, p, now| m.acquire(p, now, lease));
+        let (acquired, _) = self.step(name, policy, true, lease, |m, p, now| {
+            m.acquire(p, now, lease)
+        });
         ready(acquired)
     }
 
@@ -247,7 +257,7 @@ impl Store for MemoryStore {
         lease: u64,
         result: ProbeResult,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, true, |m, p, now| {
+        let ((), snapshot) = self.step(name, policy, true, lease, |m, p, now| {
             m.release(p, now, generation, lease, result, rand16());
         });
         ready(snapshot)
@@ -269,7 +279,7 @@ impl Store for MemoryStore {
         force: Force,
         note: &'a ForceNote,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, true, |m, _, now| {
+        let ((), snapshot) = self.step(name, policy, true, 0, |m, _, now| {
             m.force_noted(now, force, note);
         });
         ready(snapshot)
@@ -304,8 +314,64 @@ impl Store for MemoryStore {
         name: &'a BreakerName,
         policy: &'a Policy,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, false, |m, _, now| m.expire(now));
+        let ((), snapshot) = self.step(name, policy, false, 0, |m, _, now| m.expire(now));
         ready(snapshot)
+    }
+
+    fn health<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        check: HealthCheck,
+    ) -> StoreFuture<'a, HealthTurn> {
+        let lease_ms = crate::machine::force_ms(check.lease);
+        let extend_ms = crate::machine::force_ms(check.extend);
+        let (holder, snapshot) = self.step(name, policy, true, check.holder, |m, _, now| {
+            (m.state, m.generation, now)
+        });
+        let (state, _, now) = holder;
+        let mut breakers = self.lock();
+        let held = breakers
+            .turns
+            .get(name)
+            .filter(|(_, until)| *until > now)
+            .map_or(0, |(holder, _)| *holder);
+        if state != State::Open {
+            if held == check.holder {
+                breakers.turns.remove(name);
+            }
+            return ready(HealthTurn {
+                holder: false,
+                snapshot,
+            });
+        }
+        if held != 0 && held != check.holder {
+            return ready(HealthTurn {
+                holder: false,
+                snapshot,
+            });
+        }
+        breakers.turns.insert(
+            name.clone(),
+            (check.holder, now.saturating_add(lease_ms.max(1))),
+        );
+        drop(breakers);
+        let Some(healthy) = check.report else {
+            return ready(HealthTurn {
+                holder: true,
+                snapshot,
+            });
+        };
+        let (moved, snapshot) = self.step(name, policy, true, check.holder, |m, _, now| {
+            m.health_report(now, check.generation, healthy, extend_ms)
+        });
+        if moved {
+            self.lock().turns.remove(name);
+        }
+        ready(HealthTurn {
+            holder: true,
+            snapshot,
+        })
     }
 
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {

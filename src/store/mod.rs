@@ -112,6 +112,34 @@ pub enum ProbeResult {
     Cancelled,
 }
 
+/// A request for the fleet's health-check turn of an open breaker (see
+/// [`Store::health`]), with the result of the check its holder ran, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Who asks: one id per process and breaker.
+    pub holder: u64,
+    /// How long the turn is kept without asking again (a holder that dies
+    /// hands it on after this).
+    pub lease: Duration,
+    /// What the holder's check found: `Some(true)` moves the open breaker to
+    /// half-open at once, `Some(false)` keeps it open for at least `extend`.
+    pub report: Option<bool>,
+    /// The generation of the open state the check ran in: a report about
+    /// another state is ignored.
+    pub generation: u64,
+    /// How long a failed check keeps the breaker open from now, at least.
+    pub extend: Duration,
+}
+
+/// The answer to [`Store::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthTurn {
+    /// The asker holds the turn: it runs the next check.
+    pub holder: bool,
+    /// The breaker after the request.
+    pub snapshot: Snapshot,
+}
+
 /// An operator's command to a breaker.
 ///
 /// Durations are cut to a year (and a zero duration counts as one
@@ -310,6 +338,25 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Takes or keeps the fleet's health-check turn of an open breaker (one
+    /// holder at a time, for `check.lease`), and applies the holder's
+    /// report. A breaker that is not open has no turn: asking frees it.
+    ///
+    /// Stores that keep no turns answer with an error (the default), and
+    /// layers with a health check then never run it.
+    fn health<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        check: HealthCheck,
+    ) -> StoreFuture<'a, HealthTurn> {
+        let _ = (name, policy, check);
+        Box::pin(std::future::ready(Err(StoreError::new(
+            StoreErrorKind::Config,
+            "this store keeps no health-check turns",
+        ))))
+    }
+
     /// Receives every transition of every breaker in the store from now on,
     /// and a [`StoreEvent::Resync`] whenever some may have been missed.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
@@ -383,6 +430,15 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn list_info(&self) -> StoreFuture<'_, Vec<BreakerInfo>> {
         (**self).list_info()
+    }
+
+    fn health<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        check: HealthCheck,
+    ) -> StoreFuture<'a, HealthTurn> {
+        (**self).health(name, policy, check)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

@@ -52,6 +52,12 @@ impl BreakerName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The shared string behind the name (a reference count, no copy).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl fmt::Debug for BreakerName {

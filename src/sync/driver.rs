@@ -98,6 +98,7 @@ async fn run(weak: Weak<Replica>) {
         let Some(replica) = weak.upgrade() else {
             return;
         };
+        deliver_events(&replica);
         // A call or a failure means activity: tick again.
         if idle && matches!(why, Wake::Flush) {
             idle = false;
@@ -185,6 +186,10 @@ async fn run(weak: Weak<Replica>) {
             }
             Wake::Mail => {
                 let inbox = replica.take_mail();
+                for made in &inbox.made {
+                    replica.made(made);
+                }
+                deliver_events(&replica);
                 // Announcements were missed: a closed breaker forgets what
                 // it knew and asks again with its next call (asleep or not);
                 // thousands of idle keyed breakers cost nothing.
@@ -207,8 +212,14 @@ async fn run(weak: Weak<Replica>) {
                 }
             }
         }
+        deliver_events(&replica);
         last_flush = Some(Instant::now());
     }
+}
+
+/// Hands what happened to the breaker to its listener and metrics.
+fn deliver_events(replica: &Replica) {
+    replica.observer.deliver(&replica.name);
 }
 
 /// Applies an announcement if it is the next generation; `false` when the

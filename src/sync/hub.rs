@@ -52,6 +52,9 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub(crate) fn new(store: Arc<dyn Store>) -> Arc<Hub> {
+        // Every round trip timed and counted.
+        #[cfg(feature = "metrics")]
+        let store: Arc<dyn Store> = Arc::new(crate::metrics::Metered(store));
         Arc::new(Hub {
             events: Mutex::new(Some(store.subscribe())),
             store,

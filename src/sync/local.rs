@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::events::{Cause, Rule};
 use crate::machine::Bucket;
 use crate::policy::Params;
 
@@ -80,17 +81,39 @@ impl LocalWindow {
     }
 
     /// Whether a rate rule fires on the window plus `pending`.
+    #[cfg(test)]
     pub(crate) fn over(&self, p: &Params, pending: Pending) -> bool {
+        self.judge(p, pending).is_some()
+    }
+
+    /// The rate rule that fires on the window plus `pending`, if one does,
+    /// with the numbers it saw.
+    pub(crate) fn judge(&self, p: &Params, pending: Pending) -> Option<Cause> {
         if !p.failure.is_on() && !p.slow.is_on() {
-            return false;
+            return None;
         }
-        let calls = self.calls.load(Ordering::Relaxed) + pending.calls;
-        if calls < u64::from(p.minimum_calls) || calls == 0 {
-            return false;
+        let cause = self.numbers(pending);
+        if cause.calls < u64::from(p.minimum_calls) || cause.calls == 0 {
+            return None;
         }
-        let failures = self.failures.load(Ordering::Relaxed) + pending.failures;
-        let slow = self.slow.load(Ordering::Relaxed) + pending.slow;
-        p.failure.reached(failures, calls) || p.slow.reached(slow, calls)
+        let rule = if p.failure.reached(cause.failures, cause.calls) {
+            Rule::FailureRate
+        } else if p.slow.reached(cause.slow, cause.calls) {
+            Rule::SlowCallRate
+        } else {
+            return None;
+        };
+        Some(Cause { rule, ..cause })
+    }
+
+    /// The window's numbers plus `pending`.
+    pub(crate) fn numbers(&self, pending: Pending) -> Cause {
+        Cause {
+            calls: self.calls.load(Ordering::Relaxed) + pending.calls,
+            failures: self.failures.load(Ordering::Relaxed) + pending.failures,
+            slow: self.slow.load(Ordering::Relaxed) + pending.slow,
+            ..Cause::default()
+        }
     }
 }
 

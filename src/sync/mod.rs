@@ -11,8 +11,10 @@
 
 pub(crate) mod degraded;
 pub(crate) mod driver;
+pub(crate) mod health;
 pub(crate) mod hub;
 pub(crate) mod local;
+pub(crate) mod observer;
 pub(crate) mod permit;
 pub(crate) mod replica;
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::events::Event;
 use crate::store::ProbeResult;
 use crate::sync::replica::Replica;
 use crate::Outcome;
@@ -45,6 +46,8 @@ pub(crate) struct ProbePermit {
     lease: u64,
     done: bool,
     kind: PermitKind,
+    /// The probe's span: its start and result are logged inside it.
+    span: tracing::Span,
 }
 
 /// Who granted a probe permit, and so who hears its result.
@@ -57,6 +60,16 @@ enum PermitKind {
     /// This replica, which tripped on its own outcomes while the fleet stayed
     /// closed.
     Own,
+}
+
+impl PermitKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PermitKind::Fleet => "store",
+            PermitKind::Degraded => "degraded",
+            PermitKind::Own => "own",
+        }
+    }
 }
 
 impl ProbePermit {
@@ -75,12 +88,22 @@ impl ProbePermit {
     }
 
     fn of(kind: PermitKind, replica: Arc<Replica>, generation: u64, lease: u64) -> Self {
+        let span = tracing::info_span!(
+            "probe",
+            breaker = %replica.name,
+            generation,
+            granted_by = kind.as_str(),
+        );
+        span.in_scope(|| tracing::debug!("probe started"));
+        replica.observer.push(Event::ProbeStarted { generation });
+        replica.mail.notify_one();
         Self {
             replica,
             generation,
             lease,
             done: false,
             kind,
+            span,
         }
     }
 
@@ -101,6 +124,13 @@ impl ProbePermit {
     /// Reports the result in the background; the caller never waits for it.
     fn send(&self, result: ProbeResult) {
         let r = &self.replica;
+        self.span
+            .in_scope(|| tracing::debug!(result = ?result, "probe finished"));
+        r.observer.push(Event::ProbeFinished {
+            generation: self.generation,
+            result,
+        });
+        r.mail.notify_one();
         match self.kind {
             PermitKind::Fleet => release_in_background(r, self.generation, self.lease, result),
             PermitKind::Degraded => {

@@ -16,12 +16,15 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::events::{Cause, Rule, Scope, TransitionEvent};
+use crate::lanes::StripedCounter;
 use crate::machine::{break_ms, IMPLICIT_GENERATION};
-use crate::rand::{instance_id, instance_id as lease_id, rand16};
+use crate::rand::{instance_id, rand16};
 use crate::store::{OutcomeBatch, ProbeResult, Store};
 use crate::sync::degraded::{Degraded, StoreFailure};
 use crate::sync::hub::Hub;
 use crate::sync::local::{LocalWindow, Pending};
+use crate::sync::observer::Observer;
 use crate::sync::permit::{Admission, ProbePermit};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot, State, Transition};
 
@@ -40,6 +43,21 @@ const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 const LOCAL: u64 = 1 << STATE_BITS;
 const FLAG_BITS: u32 = STATE_BITS + 1;
 
+/// The bits of an announcement's origin that number a replica's probe
+/// leases; the rest is the replica's `instance`.
+const ORIGIN_LOW: u64 = 0xFFFF;
+
+/// What a change of the replica's state reports.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    /// Nothing worth an event (same state seen by callers).
+    Quiet,
+    /// This replica's own judgement.
+    Local(Cause),
+    /// The store's state, adopted.
+    Fleet(Cause),
+}
+
 /// What the hot path decides before calling the inner service.
 #[derive(Debug)]
 pub(crate) enum Peek {
@@ -52,9 +70,10 @@ pub(crate) enum Peek {
 }
 
 /// Outcome counters for the current generation, flushed as an [`OutcomeBatch`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
-    successes: AtomicU32,
+    /// Written by every successful call: striped per thread (see `lanes`).
+    successes: StripedCounter,
     failures: AtomicU32,
     slow: AtomicU32,
     /// This replica's own run of consecutive failures (not reset by a flush).
@@ -69,6 +88,22 @@ struct Counters {
     last_failure: AtomicU64,
     /// When the last batch was taken.
     taken: AtomicU64,
+}
+
+impl Counters {
+    fn new(lanes: usize) -> Self {
+        Counters {
+            successes: StripedCounter::new(lanes),
+            failures: AtomicU32::default(),
+            slow: AtomicU32::default(),
+            run: AtomicU32::default(),
+            run_started: AtomicU64::default(),
+            run_broken: AtomicU64::default(),
+            counted: AtomicU32::default(),
+            last_failure: AtomicU64::default(),
+            taken: AtomicU64::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,8 +135,18 @@ pub(crate) struct Replica {
     /// The fleet's run changed here (a run of this replica joined it, or a
     /// success ended a run it counted): report it at once.
     break_pending: AtomicBool,
-    /// This replica's id in the store's quorum counts.
+    /// This replica's id in the store's quorum counts (low 16 bits zero:
+    /// its probe leases fill them, so an announcement's origin names it).
     instance: u64,
+    /// Numbers this replica's probe leases.
+    leases: AtomicU32,
+    /// The generation of the half-open state this replica's health check
+    /// brought about (0: none).
+    pub(crate) health_passed: AtomicU64,
+    /// A health check runs for this breaker.
+    health_checked: AtomicBool,
+    /// Tells the world what happens to this breaker.
+    pub(crate) observer: Observer,
     /// Wakes calls waiting for the first answer of the store.
     synced: Notify,
     /// Wakes calls waiting (backpressure) for the state to change.
@@ -133,10 +178,17 @@ pub(crate) struct Inbox {
     pub(crate) transition: Option<Transition>,
     /// Announcements may have been missed: re-read the shared state.
     pub(crate) resync: bool,
+    /// Transitions this replica's reports made (the fleet's events to tell).
+    pub(crate) made: Vec<Transition>,
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        {
+            let (state, _) = unpack(*self.snapshot.get_mut());
+            crate::metrics::dropped(&self.observer.label, state);
+        }
         self.hub.leave(&self.name);
         // A sleeping driver would never look again: let it see we are gone.
         self.wake.notify_one();
@@ -144,7 +196,16 @@ impl Drop for Replica {
 }
 
 impl Replica {
-    pub(crate) fn new(name: BreakerName, policy: Policy, hub: Arc<Hub>) -> Self {
+    /// A replica whose success counter is striped over `lanes` lanes (one
+    /// for a keyed layer's many breakers, each lightly used; the cores for
+    /// a layer's single breaker).
+    pub(crate) fn new(
+        name: BreakerName,
+        policy: Policy,
+        hub: Arc<Hub>,
+        lanes: usize,
+        observer: Observer,
+    ) -> Self {
         Replica {
             name,
             policy,
@@ -156,12 +217,16 @@ impl Replica {
             deadline: AtomicU64::new(0),
             writer: Mutex::new(()),
             epoch: Instant::now(),
-            counters: Counters::default(),
+            counters: Counters::new(lanes),
             window: LocalWindow::default(),
             local_opens: AtomicU32::new(0),
             trip_pending: AtomicBool::new(false),
             break_pending: AtomicBool::new(false),
-            instance: instance_id(),
+            instance: (instance_id() & !ORIGIN_LOW).max(ORIGIN_LOW + 1),
+            leases: AtomicU32::new(0),
+            health_passed: AtomicU64::new(0),
+            health_checked: AtomicBool::new(false),
+            observer,
             synced: Notify::new(),
             changed: Notify::new(),
             issued: AtomicU64::new(0),
@@ -179,8 +244,20 @@ impl Replica {
     /// A replica whose background task starts now (when a tokio runtime is at
     /// hand; otherwise on the first call), so it reads the shared state before
     /// its first call needs it.
-    pub(crate) fn spawn(name: BreakerName, policy: Policy, hub: Arc<Hub>) -> Arc<Self> {
-        let replica = Arc::new(Self::new(name, policy, hub));
+    pub(crate) fn spawn(
+        name: BreakerName,
+        policy: Policy,
+        hub: Arc<Hub>,
+        listener: Arc<dyn crate::events::Listener>,
+    ) -> Arc<Self> {
+        let observer = Observer::new(name.clone(), listener);
+        let replica = Arc::new(Self::new(
+            name,
+            policy,
+            hub,
+            crate::lanes::count(),
+            observer,
+        ));
         replica.hub.join(&replica);
         crate::sync::driver::start(&replica);
         replica
@@ -264,13 +341,16 @@ impl Replica {
         // The implicit breaker (the store holds no record) counts outcomes of
         // any generation, as the store does.
         if generation != current && generation != 0 && current != IMPLICIT_GENERATION {
+            // Still a call the dependency answered.
+            #[cfg(feature = "metrics")]
+            self.observer.late(outcome, slow);
             return;
         }
         let c = &self.counters;
         match outcome {
             Outcome::Ignore => return,
             Outcome::Success => {
-                c.successes.fetch_add(1, Ordering::SeqCst);
+                c.successes.add(Ordering::SeqCst);
                 if self.asleep.load(Ordering::SeqCst) {
                     self.rouse();
                 }
@@ -318,24 +398,22 @@ impl Replica {
                     probing,
                     pack(State::Closed, generation, false),
                     Duration::ZERO,
+                    Why::Local(Cause::rule(Rule::ProbesSucceeded)),
                 ) {
                     self.counters.run.store(0, Ordering::Relaxed);
                     self.counters.counted.store(0, Ordering::Relaxed);
                     self.local_opens.store(0, Ordering::Relaxed);
                     self.window.clear();
-                    tracing::info!(
-                        breaker = %self.name,
-                        from = %State::HalfOpen,
-                        to = %State::Closed,
-                        generation,
-                        scope = "local",
-                        "breaker transition"
-                    );
                 }
             }
-            ProbeResult::Failure => self.trip_locally(),
+            ProbeResult::Failure => self.trip_locally(Cause::rule(Rule::ProbeFailed)),
             ProbeResult::Cancelled => {
-                self.publish_if(probing, pack(State::Open, generation, true), Duration::ZERO);
+                self.publish_if(
+                    probing,
+                    pack(State::Open, generation, true),
+                    Duration::ZERO,
+                    Why::Quiet,
+                );
             }
         }
     }
@@ -351,7 +429,10 @@ impl Replica {
         }
         let p = self.policy.params();
         if p.consecutive > 0 && run >= p.consecutive {
-            self.trip_locally();
+            let mut cause = self.window.numbers(self.pending());
+            cause.rule = Rule::ConsecutiveFailures;
+            cause.run = run;
+            self.trip_locally(cause);
         } else {
             self.judge_window();
         }
@@ -364,22 +445,27 @@ impl Replica {
 
     /// Trips on the rate rules over the local window plus what is not folded yet.
     fn judge_window(&self) {
+        if let Some(mut cause) = self.window.judge(self.policy.params(), self.pending()) {
+            cause.run = self.counters.run.load(Ordering::Relaxed);
+            self.trip_locally(cause);
+        }
+    }
+
+    /// Outcomes counted and not folded into the window yet.
+    fn pending(&self) -> Pending {
         let c = &self.counters;
         let failures = u64::from(c.failures.load(Ordering::Relaxed));
-        let pending = Pending {
+        Pending {
             calls: u64::from(c.successes.load(Ordering::Relaxed)) + failures,
             failures,
             slow: u64::from(c.slow.load(Ordering::Relaxed)),
-        };
-        if self.window.over(self.policy.params(), pending) {
-            self.trip_locally();
         }
     }
 
     /// Opens this replica on its own judgement (a closed breaker, or a failed
     /// local probe) and has the trip reported to the store at once. Forced
     /// states and a breaker that is already open are left alone.
-    fn trip_locally(&self) {
+    fn trip_locally(&self, cause: Cause) {
         let packed = self.snapshot.load(Ordering::Acquire);
         let (state, generation) = unpack(packed);
         let trips = state == State::Closed || (state == State::HalfOpen && packed & LOCAL != 0);
@@ -392,24 +478,19 @@ impl Replica {
             .saturating_add(1);
         let open = pack(State::Open, generation, true);
         let remaining = Duration::from_millis(break_ms(self.policy.params(), opens, rand16()));
-        if !self.publish_if(packed, open, remaining) {
+        if !self.publish_if(packed, open, remaining, Why::Local(cause)) {
             return; // the state moved meanwhile; whoever moved it decided
         }
-        let run = self.counters.run.load(Ordering::Relaxed);
         self.counters.run.store(0, Ordering::Relaxed);
         self.counters.counted.store(0, Ordering::Relaxed);
         self.window.clear();
         self.trip_pending.store(true, Ordering::Release);
         self.wake.notify_one();
-        tracing::info!(
+        tracing::debug!(
             breaker = %self.name,
-            from = %state,
-            to = %State::Open,
             generation,
-            scope = "local",
-            consecutive = run,
             break_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
-            "breaker transition"
+            "own break"
         );
     }
 
@@ -420,11 +501,81 @@ impl Replica {
 
     /// Hands an announcement to the driver (called by the hub).
     pub(crate) fn deliver(&self, transition: Transition) {
-        self.inbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .transition = Some(transition);
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if transition.origin != 0 && transition.origin & !ORIGIN_LOW == self.instance {
+            // Made by this replica's report: the fleet's event is ours to tell.
+            inbox.made.push(transition.clone());
+        }
+        inbox.transition = Some(transition);
+        drop(inbox);
         self.mail.notify_one();
+    }
+
+    /// Reports a fleet-wide transition this replica made.
+    pub(crate) fn made(&self, transition: &Transition) {
+        let to = transition.snapshot.state;
+        let from = transition.from.unwrap_or(State::Closed);
+        let cause = match (from, to) {
+            // Its own trip, or (merged counts) the batch of its that
+            // tipped the fleet.
+            (State::Closed, State::Open) => self
+                .observer
+                .last_trip()
+                .or_else(|| self.observer.last_report())
+                .unwrap_or(Cause::rule(Rule::FleetCounts)),
+            (State::Open, State::HalfOpen)
+                if self.health_passed.load(Ordering::Relaxed) == transition.snapshot.generation =>
+            {
+                Cause::rule(Rule::HealthCheckPassed)
+            }
+            (State::Open, State::HalfOpen) => Cause::rule(Rule::BreakEnded),
+            (State::HalfOpen, State::Closed) => Cause::rule(Rule::ProbesSucceeded),
+            (State::HalfOpen, State::Open) => Cause::rule(Rule::ProbeFailed),
+            _ => Cause::rule(Rule::Learned),
+        };
+        self.observer.fleet_transition(
+            &self.name,
+            TransitionEvent {
+                from,
+                to,
+                generation: transition.snapshot.generation,
+                scope: Scope::Fleet,
+                cause,
+            },
+        );
+    }
+
+    /// Marks the breaker as health-checked; `false` if it already was.
+    pub(crate) fn claim_health_check(&self) -> bool {
+        !self.health_checked.swap(true, Ordering::AcqRel)
+    }
+
+    /// This replica's id as the origin of what it asks the store.
+    pub(crate) fn origin_id(&self) -> u64 {
+        self.instance
+    }
+
+    /// The health check will report the open state of `generation - 1`
+    /// healthy: the half-open `generation` is its doing.
+    pub(crate) fn health_passed(&self, generation: u64) {
+        self.health_passed.store(generation, Ordering::Relaxed);
+    }
+
+    /// The generation of the fleet's open state, if the breaker is open
+    /// fleet-wide as far as this replica knows (not on its own judgement
+    /// only, not forced, not while the store is away).
+    pub(crate) fn fleet_open(&self) -> Option<u64> {
+        let packed = self.snapshot.load(Ordering::Acquire);
+        let (state, generation) = unpack(packed);
+        (state == State::Open && packed & LOCAL == 0 && !self.degraded.is_degraded())
+            .then_some(generation)
+    }
+
+    /// A new probe lease id: this replica's instance in the high bits, so
+    /// that a transition the probe makes names this replica.
+    fn lease_id(&self) -> u64 {
+        let seq = u64::from(self.leases.fetch_add(1, Ordering::Relaxed)) % ORIGIN_LOW;
+        self.instance | (seq + 1)
     }
 
     /// Tells the driver to re-read the shared state (called by the hub).
@@ -484,7 +635,7 @@ impl Replica {
         if state != State::Closed || generation == 0 || self.is_local() {
             return false;
         }
-        self.store_pair(pack(State::Closed, 0, false), Duration::ZERO);
+        self.store_pair(pack(State::Closed, 0, false), Duration::ZERO, Why::Quiet);
         true
     }
 
@@ -573,9 +724,13 @@ impl Replica {
         let now = self.now_nanos();
         let previous = c.taken.swap(now, Ordering::Relaxed);
         self.break_pending.store(false, Ordering::Relaxed);
-        let successes = c.successes.swap(0, Ordering::Relaxed);
+        let successes = c.successes.take();
         let failures = c.failures.swap(0, Ordering::Relaxed);
         let slow = c.slow.swap(0, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.observer
+            .outcomes
+            .add(u64::from(successes), u64::from(failures), u64::from(slow));
         // This replica's run joins the fleet's run only once it holds
         // `CORROBORATION` failures in a row (then whole, earlier batches'
         // failures included): one failure between successes is what any
@@ -615,8 +770,18 @@ impl Replica {
                 slow: u64::from(slow),
             },
         );
-        if self.window.over(p, Pending::default()) {
-            self.trip_locally();
+        if let Some(mut cause) = self.window.judge(p, Pending::default()) {
+            cause.run = c.run.load(Ordering::Relaxed);
+            self.trip_locally(cause);
+        }
+        if failures > 0 {
+            self.observer.reported(Cause {
+                rule: Rule::FleetCounts,
+                failures: u64::from(failures),
+                slow: u64::from(slow),
+                calls: u64::from(successes) + u64::from(failures),
+                run,
+            });
         }
         OutcomeBatch {
             generation,
@@ -635,9 +800,16 @@ impl Replica {
     /// Drops the counted outcomes (they belong to a generation that is gone).
     fn discard_outcomes(&self) {
         let c = &self.counters;
-        c.successes.store(0, Ordering::Relaxed);
-        c.failures.store(0, Ordering::Relaxed);
-        c.slow.store(0, Ordering::Relaxed);
+        let _successes = c.successes.take();
+        let _failures = c.failures.swap(0, Ordering::Relaxed);
+        let _slow = c.slow.swap(0, Ordering::Relaxed);
+        // Dropped for the store (another generation), still calls made.
+        #[cfg(feature = "metrics")]
+        self.observer.outcomes.add(
+            u64::from(_successes),
+            u64::from(_failures),
+            u64::from(_slow),
+        );
         c.run.store(0, Ordering::Relaxed);
         c.counted.store(0, Ordering::Relaxed);
         self.trip_pending.store(false, Ordering::Relaxed);
@@ -652,7 +824,7 @@ impl Replica {
     pub(crate) fn apply(&self, snapshot: Snapshot) {
         let guard = self.write();
         let current = self.snapshot.load(Ordering::Acquire);
-        let (from, generation) = unpack(current);
+        let (_, generation) = unpack(current);
         if snapshot.generation < generation
             || (snapshot.generation == generation && current & LOCAL != 0)
         {
@@ -661,6 +833,7 @@ impl Replica {
         self.store_pair(
             pack(snapshot.state, snapshot.generation, false),
             snapshot.remaining,
+            Why::Fleet(Cause::rule(Rule::Learned)),
         );
         drop(guard);
         if snapshot.generation != generation {
@@ -669,36 +842,37 @@ impl Replica {
             } else {
                 self.discard_outcomes();
             }
-            // The fleet's state as this process learned it: `scope = "fleet"`.
-            tracing::info!(
-                breaker = %self.name,
-                from = %from,
-                to = %snapshot.state,
-                generation = snapshot.generation,
-                scope = "fleet",
-                "breaker transition"
-            );
         }
     }
 
     /// Publishes `next` with its deadline if the snapshot is still `expected`.
-    fn publish_if(&self, expected: u64, next: u64, remaining: Duration) -> bool {
+    fn publish_if(&self, expected: u64, next: u64, remaining: Duration, why: Why) -> bool {
         let _guard = self.write();
         if self.snapshot.load(Ordering::Acquire) != expected {
             return false;
         }
-        self.store_pair(next, remaining);
+        self.store_pair(next, remaining, why);
         true
     }
 
     /// Writes a deadline and then the snapshot it belongs to; the caller holds
     /// the writer lock.
-    fn store_pair(&self, packed: u64, remaining: Duration) {
+    fn store_pair(&self, packed: u64, remaining: Duration, why: Why) {
         let deadline = self.now_nanos().saturating_add(nanos(remaining));
         self.deadline.store(deadline, Ordering::Release);
         let before = self.snapshot.swap(packed, Ordering::AcqRel);
         if before != packed {
             self.changed.notify_waiters();
+            let ((from, _), (to, generation)) = (unpack(before), unpack(packed));
+            let reported = match why {
+                Why::Quiet => None,
+                Why::Local(cause) => Some((Scope::Local, cause)),
+                Why::Fleet(cause) => Some((Scope::Fleet, cause)),
+            };
+            if let Some((scope, cause)) = reported.filter(|_| from != to) {
+                self.observer
+                    .transition(&self.name, from, to, generation, scope, cause);
+            }
         }
         self.adopted_at
             .store(self.issued.load(Ordering::Acquire), Ordering::Release);
@@ -747,6 +921,7 @@ impl Replica {
                 self.store_pair(
                     pack(State::Closed, IMPLICIT_GENERATION, false),
                     Duration::ZERO,
+                    Why::Quiet,
                 );
             }
             return;
@@ -758,7 +933,12 @@ impl Replica {
             state = %snapshot.state,
             "the store's generation went back (failover, restore or re-created key); following the store"
         );
-        self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
+        self.overwrite(
+            snapshot.state,
+            snapshot.generation,
+            snapshot.remaining,
+            Why::Fleet(Cause::rule(Rule::Learned)),
+        );
         self.discard_outcomes();
     }
 
@@ -839,7 +1019,7 @@ impl Replica {
         } else {
             None
         };
-        let mut unanswered = Unanswered::new(self.clone(), lease_id());
+        let mut unanswered = Unanswered::new(self.clone(), self.lease_id());
         let ticket = self.ticket();
         let answer = tokio::time::timeout(
             self.policy.store_timeout(),
@@ -938,7 +1118,11 @@ impl Replica {
         let half_open = pack(State::HalfOpen, generation, true);
         {
             let _guard = self.write();
-            self.store_pair(half_open, self.policy.probe_lease());
+            self.store_pair(
+                half_open,
+                self.policy.probe_lease(),
+                Why::Local(Cause::rule(Rule::BreakEnded)),
+            );
         }
         Admission::Probe(Box::new(ProbePermit::own(self.clone(), generation)))
     }
@@ -981,6 +1165,7 @@ impl Replica {
         // Calls waiting for a first answer decide without it now.
         self.synced.notify_waiters();
         if entered {
+            self.observer.degraded(error.to_string());
             tracing::warn!(
                 breaker = %self.name,
                 %error,
@@ -994,9 +1179,15 @@ impl Replica {
     /// over what was decided alone).
     pub(crate) fn store_back(&self, ticket: u64, snapshot: Snapshot) {
         if self.degraded.leave() {
+            self.observer.recovered();
             tracing::info!(breaker = %self.name, state = %snapshot.state, "store reachable again; following the shared state");
             let (_, held) = unpack(self.snapshot.load(Ordering::Acquire));
-            self.overwrite(snapshot.state, snapshot.generation, snapshot.remaining);
+            self.overwrite(
+                snapshot.state,
+                snapshot.generation,
+                snapshot.remaining,
+                Why::Fleet(Cause::rule(Rule::Learned)),
+            );
             if held != snapshot.generation {
                 // What was counted (or tripped on) alone belongs to a state
                 // the fleet has left: it must not trip the one it is in.
@@ -1019,17 +1210,25 @@ impl Replica {
     /// (same generation or newer) replaces it.
     pub(crate) fn apply_local(&self, local: Snapshot) {
         let (_, generation) = unpack(self.snapshot.load(Ordering::Acquire));
-        self.overwrite(local.state, generation, local.remaining);
+        self.overwrite(
+            local.state,
+            generation,
+            local.remaining,
+            Why::Local(Cause::rule(Rule::Learned)),
+        );
     }
 
     /// Publishes a state whatever the generation held (only degraded mode,
     /// entering or leaving, may do that).
-    fn overwrite(&self, state: State, generation: u64, remaining: Duration) {
+    fn overwrite(&self, state: State, generation: u64, remaining: Duration, why: Why) {
         let _guard = self.write();
-        self.store_pair(pack(state, generation, false), remaining);
+        self.store_pair(pack(state, generation, false), remaining, why);
     }
 
+    /// The error of a call turned away (logged at `debug`; counted where
+    /// the call is rejected).
     pub(crate) fn open_error(&self, state: State, retry_after: Duration) -> CircuitOpen {
+        tracing::debug!(breaker = %self.name, state = state.as_str(), retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX), "call rejected");
         CircuitOpen::new(self.name.clone(), state, retry_after)
     }
 

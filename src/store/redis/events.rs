@@ -136,15 +136,25 @@ async fn switched(switches: &mut Option<tokio::sync::watch::Receiver<u64>>) {
     }
 }
 
-/// `v1 <state> <generation> <remaining ms> <name>`.
+/// `v2 <state> <generation> <remaining ms> <origin> <state before> <name>`,
+/// or (from processes of the version before) `v1 <state> <generation>
+/// <remaining ms> <name>`.
 pub(super) fn parse(payload: &str) -> Option<Transition> {
-    let mut parts = payload.splitn(5, ' ');
-    if parts.next()? != "v1" {
+    let v2 = payload.starts_with("v2 ");
+    let mut parts = payload.splitn(if v2 { 7 } else { 5 }, ' ');
+    if !matches!(parts.next()?, "v1" | "v2") {
         return None;
     }
     let state = State::from_code(parts.next()?.parse().ok()?)?;
     let generation: u64 = parts.next()?.parse().ok()?;
     let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
+    let (origin, from) = if v2 {
+        let origin: u64 = parts.next()?.parse().ok()?;
+        let from = State::from_code(parts.next()?.parse().ok()?)?;
+        (origin, Some(from))
+    } else {
+        (0, None)
+    };
     let name = parts.next()?;
     // What no script writes is not an announcement.
     if generation == 0
@@ -163,6 +173,8 @@ pub(super) fn parse(payload: &str) -> Option<Transition> {
             remaining,
         },
         received: tokio::time::Instant::now(),
+        origin,
+        from,
     })
 }
 
@@ -177,8 +189,18 @@ mod tests {
         assert_eq!(t.snapshot.state, State::Open);
         assert_eq!(t.snapshot.generation, 1_700_000_000_123);
         assert_eq!(t.snapshot.remaining, Duration::from_secs(5));
+        let t = parse("v2 0 7 0 65536 2 GET /pay ments").unwrap();
+        assert_eq!(t.name, "GET /pay ments");
+        assert_eq!(
+            (t.snapshot.state, t.snapshot.generation),
+            (State::Closed, 7)
+        );
+        assert_eq!((t.origin, t.from), (65_536, Some(State::HalfOpen)));
         for bad in [
             "",
+            "v2 1 1 1 x",
+            "v2 1 1 1 1 9 x",
+            "v2 1 1 1 -1 1 x",
             "v2 1 1 1 x",
             "v1 9 1 1 x",
             "v1 1 x 1 x",

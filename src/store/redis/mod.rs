@@ -25,8 +25,8 @@ use self::durability::Durability;
 use self::error::map_error;
 use self::scripts::Scripts;
 use super::{
-    Acquired, BreakerInfo, BreakerName, Force, ForceNote, OutcomeBatch, PolicyConflicts,
-    ProbeResult, Store, StoreError, StoreErrorKind, StoreFuture,
+    Acquired, BreakerInfo, BreakerName, Force, ForceNote, HealthCheck, HealthTurn, OutcomeBatch,
+    PolicyConflicts, ProbeResult, Store, StoreError, StoreErrorKind, StoreFuture,
 };
 use crate::{Policy, Snapshot, State, StoreEvent};
 
@@ -242,6 +242,11 @@ impl RedisStore {
     pub fn key(&self, name: &BreakerName) -> String {
         format!("{}:{{{}}}", self.inner.prefix, name)
     }
+
+    /// The key of the breaker's health-check turn (same hash slot).
+    fn health_key(&self, name: &BreakerName) -> String {
+        format!("{}:{{{}}}:health", self.inner.prefix, name)
+    }
 }
 
 /// Instance and lease ids travel as 52-bit numbers: exact in the scripts' doubles.
@@ -347,6 +352,35 @@ impl Store for RedisStore {
                 .run_text(&self.inner.scripts.force, name, policy, &args, &text, 0)
                 .await?;
             Ok(reply.snapshot)
+        })
+    }
+
+    fn health<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        check: HealthCheck,
+    ) -> StoreFuture<'a, HealthTurn> {
+        Box::pin(async move {
+            let report = match check.report {
+                None => 0,
+                Some(true) => 1,
+                Some(false) => 2,
+            };
+            let args = [
+                check.holder & INSTANCE_MASK,
+                crate::machine::force_ms(check.lease),
+                report,
+                check.generation,
+                crate::machine::force_ms(check.extend),
+            ];
+            let reply = self
+                .run(&self.inner.scripts.health, name, policy, &args, 0)
+                .await?;
+            Ok(HealthTurn {
+                holder: reply.lease.is_some(),
+                snapshot: reply.snapshot,
+            })
         })
     }
 

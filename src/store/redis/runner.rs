@@ -183,6 +183,10 @@ impl RedisStore {
         rand16: u32,
     ) -> Result<Reply, StoreError> {
         let mut invocation = script.key(self.key(name));
+        if std::ptr::eq(script, &self.inner.scripts.health) {
+            // The health-check turn: its own key, in the breaker's slot.
+            invocation.key(self.health_key(name));
+        }
         for arg in p.script_args() {
             invocation.arg(arg);
         }

@@ -23,6 +23,7 @@ pub(super) struct Scripts {
     pub(super) read: Script,
     /// `read` without writes, for `EVALSHA_RO`.
     pub(super) read_ro: Script,
+    pub(super) health: Script,
 }
 
 impl Scripts {
@@ -34,11 +35,13 @@ impl Scripts {
             force: script!("force"),
             read: script!("read"),
             read_ro: script!("read_ro"),
+            health: script!("health"),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 6] {
+    pub(super) fn all(&self) -> [&Script; 7] {
         [
+            &self.health,
             &self.record,
             &self.acquire,
             &self.release,

@@ -1,5 +1,6 @@
 -- ARGV[OP]: the lease id the client chose.
 local id = tonumber(ARGV[OP])
+origin = id
 if m.st == OPEN and now >= m.ou then
   transition(m, HALF_OPEN)
 end

@@ -17,6 +17,11 @@ local now = tonumber(ARGV[#PARAMS + 4])
 local OP = #PARAMS + 5
 -- The fingerprint of another policy that wrote before this call (0: none).
 local other_policy = 0
+-- Who made a transition, as announced: the reporting instance or the
+-- probe's lease (an operation's script sets it; 0: nobody in particular).
+local origin = 0
+-- The state before this call (for the announcement).
+local before_state = 0
 local MAX_QUORUM = 16
 local UNKNOWN_AGE = 1099511627776
 
@@ -380,7 +385,9 @@ local function finish(m, before, reset, lease)
   if m.g ~= before then
     -- pcall: the state is saved already; a refused PUBLISH (ACL channel
     -- rights) must not turn the call into an error the client would retry.
-    local sent = redis.pcall('PUBLISH', channel, 'v1 ' .. int(m.st) .. ' ' .. int(m.g) .. ' ' .. int(rem) .. ' ' .. name)
+    -- v2: state, generation, remaining, origin, state before, name.
+    local sent = redis.pcall('PUBLISH', channel, 'v2 ' .. int(m.st) .. ' ' .. int(m.g) .. ' ' .. int(rem) .. ' '
+      .. int(origin) .. ' ' .. int(before_state) .. ' ' .. name)
     if type(sent) == 'table' and sent.err then unannounced = 1 end
   end
   local flag = 0
@@ -392,5 +399,6 @@ end
 
 local m, reset = load()
 local before = m.g
+before_state = m.st
 if reset then before = -1 end
 expire(m)

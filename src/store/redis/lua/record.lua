@@ -7,6 +7,7 @@ local b = {
   instance = tonumber(ARGV[OP + 7]), tripped = tonumber(ARGV[OP + 8]) == 1,
   counted_age = tonumber(ARGV[OP + 9]),
 }
+origin = b.instance
 if m.pf ~= 0 and m.pf ~= P.fingerprint then other_policy = m.pf end
 m.pf = P.fingerprint
 if generation == m.g or generation == 0 or m.g == IMPLICIT then

@@ -1,6 +1,7 @@
 -- ARGV[OP..]: generation (0: a blind release that only frees), lease,
 -- result (0 success, 1 failure, 2 cancelled).
 local generation, lease, result = tonumber(ARGV[OP]), tonumber(ARGV[OP + 1]), tonumber(ARGV[OP + 2])
+origin = lease
 if m.st == HALF_OPEN and (generation == m.g or generation == 0) then
   local kept = {}
   for _, l in ipairs(m.leases) do
