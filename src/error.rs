@@ -51,7 +51,9 @@ impl CircuitOpen {
     }
 
     /// How long until a call may be let through as a probe (an estimate: the
-    /// fleet may close the breaker sooner).
+    /// fleet may close the breaker sooner). For a breaker an operator forced
+    /// open until further notice, a minute, or the policy's longest break
+    /// ([`max_break_duration`](crate::Policy::max_break_duration)) if longer.
     pub fn retry_after(&self) -> Duration {
         self.retry_after
     }

@@ -62,6 +62,10 @@
 //! - **Other clients**: [`Breaker::admit`] for any caller; a `reqwest-middleware`
 //!   middleware (feature `reqwest`); tower-http classifiers, with gRPC outcomes
 //!   read from trailers (feature `tower-http`).
+//! - **Operating**: [`Store::force_noted`] keeps who forced a breaker and why;
+//!   the `dcb` command line (feature `cli`) and an axum admin API with a live
+//!   dashboard (feature `admin`, module `admin`) list, force and watch a
+//!   fleet's breakers.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     clippy::all,
@@ -76,6 +80,9 @@
 #![deny(unreachable_pub)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod breaker;
 mod classify;
 #[cfg(feature = "serde")]
@@ -93,6 +100,9 @@ mod machine;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod on_open;
+#[cfg(any(feature = "cli", feature = "admin"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "cli", feature = "admin"))))]
+pub mod ops;
 mod policy;
 mod policy_set;
 mod rand;
@@ -134,7 +144,7 @@ pub use policy::{Policy, PolicyBuilder, MAX_DURATION, MAX_HALF_OPEN_PERMITS, MAX
 pub use policy_set::PolicySet;
 pub use service::DistributedCircuitBreaker;
 pub use state::{Snapshot, State, StoreEvent, Transition};
-pub use store::{BreakerName, Force, MemoryStore, Store};
+pub use store::{BreakerInfo, BreakerName, Force, ForceNote, MemoryStore, Store};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
 pub use sync::StoreFailure;
@@ -142,6 +152,7 @@ pub use sync::StoreFailure;
 /// Compiles the README's examples as doc tests.
 #[cfg(all(
     doctest,
+    feature = "admin",
     feature = "axum",
     feature = "redis",
     feature = "serde",

@@ -9,8 +9,19 @@
 use std::time::Duration;
 
 use crate::policy::Params;
-use crate::store::{Acquired, Force, OutcomeBatch, ProbeResult};
+use crate::store::{
+    Acquired, BreakerInfo, Force, ForceNote, OperatorNote, OutcomeBatch, ProbeResult,
+};
 use crate::{Snapshot, State};
+
+/// What a breaker forced open until reset reports as time left (callers'
+/// `Retry-After`), at least: a minute, or the policy's longest break if
+/// longer. Nobody knows when an operator will act, and people act in
+/// minutes, not seconds: callers told to come back after the policy's
+/// usual break would only retry in vain. (The fleet learns of a reset at
+/// once all the same: it is announced, and forced states are re-read every
+/// sync interval.)
+pub(crate) const UNTIL_RESET_RETRY_MS: u64 = 60_000;
 
 /// The most iterations the backoff loop takes; the break is capped long before.
 const MAX_BACKOFF_STEPS: u32 = 64;
@@ -70,6 +81,17 @@ pub(crate) struct Machine {
     pub(crate) bucket_ms: u64,
     /// The fingerprint of the policy of the last process that wrote.
     pub(crate) policy: u64,
+    /// The operator's note on the current state (see [`Machine::force_noted`]);
+    /// cleared by every transition.
+    pub(crate) note: Note,
+}
+
+/// Why and by whom a breaker was forced, and when (store clock; 0 with no note).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Note {
+    pub(crate) reason: String,
+    pub(crate) actor: String,
+    pub(crate) at: u64,
 }
 
 /// The generation of a breaker the store does not hold: closed, with nothing
@@ -124,6 +146,7 @@ impl Machine {
             buckets: Vec::new(),
             bucket_ms: 0,
             policy: 0,
+            note: Note::default(),
         }
     }
 
@@ -135,7 +158,8 @@ impl Machine {
                 let first_free = self.leases.iter().map(|l| l.deadline).min().unwrap_or(now);
                 first_free.saturating_sub(now).min(p.sync_ms)
             }
-            State::ForcedOpen if self.forced_until == 0 => p.break_ms,
+            // Until an operator acts: see `UNTIL_RESET_RETRY_MS`.
+            State::ForcedOpen if self.forced_until == 0 => p.break_max_ms.max(UNTIL_RESET_RETRY_MS),
             State::ForcedOpen | State::ForcedClosed | State::Disabled => {
                 self.forced_until.saturating_sub(now)
             }
@@ -290,6 +314,73 @@ impl Machine {
             }
             ProbeResult::Cancelled => {}
         }
+    }
+
+    /// An operator's command with its note: the note stays with the state
+    /// the command leaves (none after a reset) until the next transition.
+    pub(crate) fn force_noted(&mut self, now: u64, force: Force, note: &ForceNote) {
+        self.force(now, force);
+        if force == Force::Reset || note.is_empty() {
+            self.note = Note::default();
+        } else {
+            self.note = Note {
+                reason: note.reason_str().unwrap_or_default().to_owned(),
+                actor: note.actor_str().unwrap_or_default().to_owned(),
+                at: now.max(1),
+            };
+        }
+    }
+
+    /// What an operator sees of the breaker at `now`, without a policy: a
+    /// forced state past its expiry shows as the closed breaker it becomes
+    /// on its next operation, and the window's counts are those of the
+    /// layout it was last written with.
+    pub(crate) fn info(&self, name: &str, now: u64) -> BreakerInfo {
+        let mut m = self.clone();
+        m.expire(now);
+        let forced = matches!(
+            m.state,
+            State::ForcedOpen | State::ForcedClosed | State::Disabled
+        );
+        let remaining = match m.state {
+            State::Open => m.open_until.saturating_sub(now),
+            _ if forced => m.forced_until.saturating_sub(now),
+            _ => 0,
+        };
+        let (mut calls, mut failures, mut slow) = (0, 0, 0);
+        if m.bucket_ms > 0 && !m.buckets.is_empty() {
+            let current = now / m.bucket_ms;
+            let oldest = (current + 1).saturating_sub(m.buckets.len() as u64);
+            for b in m
+                .buckets
+                .iter()
+                .filter(|b| b.calls > 0 && b.index >= oldest && b.index <= current)
+            {
+                calls += b.calls;
+                failures += b.failures;
+                slow += b.slow;
+            }
+        }
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let mut info = BreakerInfo::new(
+            name,
+            Snapshot {
+                state: m.state,
+                generation: m.generation,
+                remaining: Duration::from_millis(remaining),
+            },
+        );
+        info.calls = calls;
+        info.failures = failures;
+        info.slow = slow;
+        info.consecutive_failures = m.consecutive;
+        info.note = (m.note.at > 0).then(|| OperatorNote {
+            reason: text(&m.note.reason),
+            actor: text(&m.note.actor),
+            at: std::time::UNIX_EPOCH + Duration::from_millis(m.note.at),
+        });
+        info.forced_until_reset = forced && m.forced_until == 0;
+        info
     }
 
     /// An operator's command.
@@ -519,6 +610,7 @@ impl Machine {
         self.forced_until = 0;
         self.leases.clear();
         self.buckets.clear();
+        self.note = Note::default();
     }
 }
 

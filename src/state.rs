@@ -92,7 +92,11 @@ pub struct Snapshot {
     /// Bumped on every transition; never goes back, even after the store loses its data.
     pub generation: u64,
     /// Open: until the break ends. Half-open with every permit taken: until one may
-    /// free up. Forced with an expiry: until it expires. Otherwise zero.
+    /// free up. Forced with an expiry: until it expires. Forced open without
+    /// an expiry: a minute, or the policy's longest break
+    /// ([`max_break_duration`](crate::Policy::max_break_duration)) if
+    /// longer, since nobody knows when an operator will act (rejected
+    /// callers get it as their `Retry-After`). Otherwise zero.
     pub remaining: Duration,
 }
 

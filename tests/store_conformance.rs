@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use distributed_circuit_breaker::store::{OutcomeBatch, ProbeResult};
+use distributed_circuit_breaker::store::{ForceNote, OutcomeBatch, ProbeResult};
 use distributed_circuit_breaker::{
     BreakerName, Force, MemoryStore, Policy, RedisStore, State, Store, StoreEvent,
 };
@@ -237,6 +237,90 @@ async fn conformance(store: Arc<dyn Store>) {
         store.snapshot(&d, &short).await.unwrap().state,
         State::ForcedOpen
     );
+    // Forced open until reset: callers are told to come back in a minute
+    // (people act in minutes), not after the policy's 50 ms break.
+    assert_eq!(
+        store.snapshot(&d, &short).await.unwrap().remaining,
+        Duration::from_secs(60)
+    );
+    operator_view(&*store).await;
+}
+
+/// What operators read: the note kept with a forced state, the window's
+/// counts, and a forced state without expiry said as such.
+async fn operator_view(store: &dyn Store) {
+    let p = Policy::builder()
+        .failure_rate(0.5)
+        .minimum_calls(100)
+        .window(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let e = name("conformance-operator");
+    assert_eq!(store.info(&e).await.unwrap(), None, "no record, no info");
+    let batch = OutcomeBatch {
+        successes: 7,
+        failures: 3,
+        slow: 1,
+        trailing_failures: 2,
+        ..OutcomeBatch::default()
+    };
+    store.record(&e, &p, batch).await.unwrap();
+    let info = store.info(&e).await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.calls, info.failures, info.slow),
+        (State::Closed, 10, 3, 1)
+    );
+    assert_eq!(info.consecutive_failures, 2);
+    assert_eq!(info.failure_rate(), Some(0.3));
+    assert!(info.note.is_none() && !info.forced_until_reset);
+
+    let note = ForceNote::new()
+        .reason("provider incident #7")
+        .actor("alice");
+    let mut events = store.subscribe();
+    let forced = store
+        .force_noted(&e, &p, Force::Open(Some(Duration::from_secs(600))), &note)
+        .await
+        .unwrap();
+    let info = store.info(&e).await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.generation),
+        (State::ForcedOpen, forced.generation)
+    );
+    let noted = info.note.clone().unwrap();
+    assert_eq!(noted.reason.as_deref(), Some("provider incident #7"));
+    assert_eq!(noted.actor.as_deref(), Some("alice"));
+    assert!(info.remaining > Duration::from_secs(590) && !info.forced_until_reset);
+    assert_eq!(
+        next_transition(&mut events, "conformance-operator")
+            .await
+            .snapshot
+            .state,
+        State::ForcedOpen
+    );
+    let listed = store.list_info().await.unwrap();
+    let mut seen = listed
+        .iter()
+        .find(|i| i.name == e.as_str())
+        .cloned()
+        .unwrap();
+    assert!(seen.remaining <= info.remaining && seen.remaining > Duration::from_secs(590));
+    seen.remaining = info.remaining; // time passed between the reads
+    assert_eq!(seen, info);
+    assert!(listed.windows(2).all(|w| w[0].name < w[1].name), "sorted");
+
+    // Re-forced without a note and until reset: the note goes.
+    store.force(&e, &p, Force::Open(None)).await.unwrap();
+    let info = store.info(&e).await.unwrap().unwrap();
+    assert!(info.note.is_none() && info.forced_until_reset);
+    assert_eq!(info.remaining, Duration::ZERO);
+    // A reset keeps no note, whatever it is given.
+    store
+        .force_noted(&e, &p, Force::Reset, &note)
+        .await
+        .unwrap();
+    let info = store.info(&e).await.unwrap();
+    assert!(info.is_none_or(|i| i.note.is_none() && i.state == State::Closed));
 }
 
 #[tokio::test]
@@ -293,6 +377,22 @@ async fn redis_store_conforms() {
         redis.cli(&["HGET", "dcb:{conformance-read-only}", "st"]),
         "0"
     );
+    // A note left behind by a client that knows no notes (it changed the
+    // state and generation, not the note) is not shown, nor revived.
+    let n = name("conformance-old-client");
+    let note = ForceNote::new().reason("maintenance").actor("alice");
+    let forced = store
+        .force_noted(&n, &p, Force::Open(None), &note)
+        .await
+        .unwrap();
+    assert!(store.info(&n).await.unwrap().unwrap().note.is_some());
+    let key = "dcb:{conformance-old-client}";
+    let next = (forced.generation + 1).to_string();
+    redis.cli(&["HSET", key, "st", "0", "g", &next, "fu", "0"]);
+    assert_eq!(store.info(&n).await.unwrap().unwrap().note, None);
+    store.record(&n, &p, failures(0, 1)).await.unwrap();
+    assert_eq!(store.info(&n).await.unwrap().unwrap().note, None);
+    assert_eq!(redis.cli(&["HEXISTS", key, "fr"]), "0", "and deleted");
 }
 
 #[tokio::test]

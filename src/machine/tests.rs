@@ -453,14 +453,48 @@ fn forced_states_hold_and_expire() {
 }
 
 #[test]
-fn indefinite_forced_open_reports_the_base_break() {
+fn indefinite_forced_open_reports_a_minute_or_the_longest_break() {
     let p = consecutive(1);
     let mut m = Machine::new(0);
     m.force(0, Force::Open(None));
-    assert_eq!(
-        m.snapshot(&p, 10_000).remaining,
-        Duration::from_millis(1000)
+    assert_eq!(m.snapshot(&p, 10_000).remaining, Duration::from_secs(60));
+    let long = params(
+        Policy::builder()
+            .break_duration(Duration::from_secs(10))
+            .backoff(2.0, Duration::from_secs(600)),
     );
+    assert_eq!(
+        m.snapshot(&long, 10_000).remaining,
+        Duration::from_secs(600)
+    );
+    let info = m.info("x", 10_000);
+    assert!(info.forced_until_reset);
+    assert_eq!(info.remaining, Duration::ZERO);
+}
+
+#[test]
+fn notes_stay_with_the_forced_state_until_the_next_transition() {
+    use crate::store::ForceNote;
+    let mut m = Machine::new(0);
+    let note = ForceNote::new().reason("incident 7").actor("alice");
+    m.force_noted(100, Force::Open(Some(Duration::from_millis(500))), &note);
+    let info = m.info("x", 200);
+    let noted = info.note.clone().unwrap();
+    assert_eq!(noted.reason.as_deref(), Some("incident 7"));
+    assert_eq!(noted.actor.as_deref(), Some("alice"));
+    assert_eq!(info.remaining, Duration::from_millis(400));
+    assert!(!info.forced_until_reset);
+    // Past its expiry it reads as the closed breaker it becomes.
+    let later = m.info("x", 700);
+    assert_eq!((later.state, later.note.is_none()), (State::Closed, true));
+    // Re-forcing the same state replaces the note, without a transition.
+    let g = m.generation;
+    m.force_noted(300, Force::Open(None), &ForceNote::new().actor("bob"));
+    assert_eq!(m.generation, g);
+    assert_eq!(m.note.actor, "bob");
+    assert_eq!(m.note.reason, "");
+    m.force_noted(301, Force::Reset, &note);
+    assert_eq!(m.note, Note::default());
 }
 
 #[test]
@@ -711,7 +745,7 @@ impl Model {
                     0
                 }
             }
-            State::ForcedOpen if self.forced_until == 0 => p.break_ms,
+            State::ForcedOpen if self.forced_until == 0 => p.break_max_ms.max(UNTIL_RESET_RETRY_MS),
             State::ForcedOpen | State::ForcedClosed | State::Disabled => {
                 self.forced_until.saturating_sub(now)
             }

@@ -8,8 +8,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    Acquired, BreakerName, Force, HealthCheck, HealthTurn, OutcomeBatch, PolicyConflicts,
-    ProbeResult, Store, StoreFuture,
+    Acquired, BreakerInfo, BreakerName, Force, ForceNote, HealthCheck, HealthTurn, OutcomeBatch,
+    PolicyConflicts, ProbeResult, Store, StoreFuture,
 };
 use crate::machine::Machine;
 use crate::policy::Params;
@@ -269,8 +269,44 @@ impl Store for MemoryStore {
         policy: &'a Policy,
         force: Force,
     ) -> StoreFuture<'a, Snapshot> {
-        let ((), snapshot) = self.step(name, policy, true, 0, |m, _, now| m.force(now, force));
+        self.force_noted(name, policy, force, &super::note::NO_NOTE)
+    }
+
+    fn force_noted<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+        note: &'a ForceNote,
+    ) -> StoreFuture<'a, Snapshot> {
+        let ((), snapshot) = self.step(name, policy, true, 0, |m, _, now| {
+            m.force_noted(now, force, note);
+        });
         ready(snapshot)
+    }
+
+    fn info<'a>(&'a self, name: &'a BreakerName) -> StoreFuture<'a, Option<BreakerInfo>> {
+        let now = self.now();
+        let breakers = self.lock();
+        let info = breakers
+            .map
+            .get(name)
+            .filter(|entry| entry.expires_at > now)
+            .map(|entry| entry.machine.info(name.as_str(), now));
+        ready(info)
+    }
+
+    fn list_info(&self) -> StoreFuture<'_, Vec<BreakerInfo>> {
+        let now = self.now();
+        let mut breakers = self.lock();
+        breakers.map.retain(|_, entry| entry.expires_at > now);
+        let mut all: Vec<_> = breakers
+            .map
+            .iter()
+            .map(|(name, entry)| entry.machine.info(name.as_str(), now))
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        ready(all)
     }
 
     fn snapshot<'a>(

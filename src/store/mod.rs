@@ -7,18 +7,22 @@
 //! outcomes, periodic refresh) and for the rare half-open probe permit, never on
 //! the hot path of a closed breaker.
 
+mod info;
 mod memory;
 mod name;
+mod note;
 #[cfg(feature = "redis")]
 mod redis;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreBuilder, SCHEMA_VERSION as REDIS_SCHEMA_VERSION};
+pub use info::{BreakerInfo, OperatorNote};
 pub use memory::MemoryStore;
 #[cfg(feature = "sim")]
 pub(crate) use memory::Saved;
 pub use name::{BreakerName, MAX_NAME_LEN};
+pub use note::{ForceNote, MAX_ACTOR_LEN, MAX_REASON_LEN};
 
 use std::fmt;
 use std::future::Future;
@@ -286,6 +290,54 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Lists every breaker the store holds (on Redis Cluster, on every master).
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>>;
 
+    /// Applies an operator's command and keeps `note` (who and why) with
+    /// the state it leaves, for [`info`](Store::info) to show until the
+    /// breaker's next transition. [`force`](Store::force) is this with an
+    /// empty note (it clears an earlier note).
+    ///
+    /// The default ignores the note; both stores of this crate keep it.
+    fn force_noted<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+        note: &'a ForceNote,
+    ) -> StoreFuture<'a, Snapshot> {
+        let _ = note;
+        self.force(name, policy, force)
+    }
+
+    /// One breaker as operators see it (no policy needed), or `None` when
+    /// the store holds no record of it: a name never written, or a closed
+    /// breaker with nothing worth keeping (healthy and idle).
+    ///
+    /// The default looks it up in [`list`](Store::list), without counts or
+    /// note.
+    fn info<'a>(&'a self, name: &'a BreakerName) -> StoreFuture<'a, Option<BreakerInfo>> {
+        Box::pin(async move {
+            let all = self.list().await?;
+            Ok(all
+                .into_iter()
+                .find(|(n, _)| n == name.as_str())
+                .map(|(n, s)| BreakerInfo::new(n, s)))
+        })
+    }
+
+    /// Every breaker the store holds as operators see it, sorted by name
+    /// (on Redis Cluster, from every master).
+    ///
+    /// The default builds them from [`list`](Store::list), without counts
+    /// or notes.
+    fn list_info(&self) -> StoreFuture<'_, Vec<BreakerInfo>> {
+        Box::pin(async move {
+            let all = self.list().await?;
+            Ok(all
+                .into_iter()
+                .map(|(n, s)| BreakerInfo::new(n, s))
+                .collect())
+        })
+    }
+
     /// Takes or keeps the fleet's health-check turn of an open breaker (one
     /// holder at a time, for `check.lease`), and applies the holder's
     /// report. A breaker that is not open has no turn: asking frees it.
@@ -360,6 +412,24 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {
         (**self).list()
+    }
+
+    fn force_noted<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+        note: &'a ForceNote,
+    ) -> StoreFuture<'a, Snapshot> {
+        (**self).force_noted(name, policy, force, note)
+    }
+
+    fn info<'a>(&'a self, name: &'a BreakerName) -> StoreFuture<'a, Option<BreakerInfo>> {
+        (**self).info(name)
+    }
+
+    fn list_info(&self) -> StoreFuture<'_, Vec<BreakerInfo>> {
+        (**self).list_info()
     }
 
     fn health<'a>(

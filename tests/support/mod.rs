@@ -1,12 +1,15 @@
 //! Shared pieces of the integration tests.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod dependency;
 pub mod fleet;
 pub mod http;
+pub mod http_raw;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
+pub mod tls;
 pub mod traffic;
 
 use std::time::Duration;

@@ -5,6 +5,7 @@ mod builder;
 mod durability;
 mod error;
 mod events;
+mod inspect;
 mod runner;
 mod scripts;
 mod sentinel;
@@ -24,8 +25,8 @@ use self::durability::Durability;
 use self::error::map_error;
 use self::scripts::Scripts;
 use super::{
-    Acquired, BreakerName, Force, HealthCheck, HealthTurn, OutcomeBatch, PolicyConflicts,
-    ProbeResult, Store, StoreError, StoreErrorKind, StoreFuture,
+    Acquired, BreakerInfo, BreakerName, Force, ForceNote, HealthCheck, HealthTurn, OutcomeBatch,
+    PolicyConflicts, ProbeResult, Store, StoreError, StoreErrorKind, StoreFuture,
 };
 use crate::{Policy, Snapshot, State, StoreEvent};
 
@@ -324,6 +325,16 @@ impl Store for RedisStore {
         policy: &'a Policy,
         force: Force,
     ) -> StoreFuture<'a, Snapshot> {
+        self.force_noted(name, policy, force, &super::note::NO_NOTE)
+    }
+
+    fn force_noted<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+        note: &'a ForceNote,
+    ) -> StoreFuture<'a, Snapshot> {
         Box::pin(async move {
             let duration = |d: Option<Duration>| d.map_or(0, crate::machine::force_ms);
             let args = match force {
@@ -333,8 +344,12 @@ impl Store for RedisStore {
                 Force::Reset => [3, 0],
                 Force::OpenThenProbe(d) => [4, crate::machine::force_ms(d)],
             };
+            let text = [
+                note.reason_str().unwrap_or_default(),
+                note.actor_str().unwrap_or_default(),
+            ];
             let reply = self
-                .run(&self.inner.scripts.force, name, policy, &args, 0)
+                .run_text(&self.inner.scripts.force, name, policy, &args, &text, 0)
                 .await?;
             Ok(reply.snapshot)
         })
@@ -416,6 +431,14 @@ impl Store for RedisStore {
             all.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(all)
         })
+    }
+
+    fn info<'a>(&'a self, name: &'a BreakerName) -> StoreFuture<'a, Option<BreakerInfo>> {
+        Box::pin(self.inspect(name))
+    }
+
+    fn list_info(&self) -> StoreFuture<'_, Vec<BreakerInfo>> {
+        Box::pin(self.inspect_all())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

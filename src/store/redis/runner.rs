@@ -62,8 +62,21 @@ impl RedisStore {
         args: &[u64],
         now: u64,
     ) -> Result<Reply, StoreError> {
+        self.run_text(script, name, policy, args, &[], now).await
+    }
+
+    /// [`run`](Self::run) with text arguments after the numbers.
+    pub(super) async fn run_text(
+        &self,
+        script: &Script,
+        name: &BreakerName,
+        policy: &Policy,
+        args: &[u64],
+        text: &[&str],
+        now: u64,
+    ) -> Result<Reply, StoreError> {
         let reply = self
-            .run_with(script, name, policy.params(), args, now, rand16())
+            .run_with_text(script, name, policy.params(), args, text, now, rand16())
             .await?;
         if reply.transitioned {
             if let Some(durable) = &self.inner.durability {
@@ -144,12 +157,28 @@ impl RedisStore {
         })?))
     }
 
+    #[cfg(test)]
     pub(super) async fn run_with(
         &self,
         script: &Script,
         name: &BreakerName,
         p: &Params,
         args: &[u64],
+        now: u64,
+        rand16: u32,
+    ) -> Result<Reply, StoreError> {
+        self.run_with_text(script, name, p, args, &[], now, rand16)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_with_text(
+        &self,
+        script: &Script,
+        name: &BreakerName,
+        p: &Params,
+        args: &[u64],
+        text: &[&str],
         now: u64,
         rand16: u32,
     ) -> Result<Reply, StoreError> {
@@ -167,6 +196,9 @@ impl RedisStore {
             .arg(rand16)
             .arg(now);
         for arg in args {
+            invocation.arg(*arg);
+        }
+        for arg in text {
             invocation.arg(*arg);
         }
         let mut connection = self.inner.connection.clone();

@@ -102,9 +102,16 @@ fn lua_scripts_match_the_rust_machine() {
                 Op::Force { kind, ms } => {
                     let d = ms.map(Duration::from_millis);
                     let f = [Force::Open(d), Force::Closed(d), Force::Disabled(d), Force::Reset, Force::OpenThenProbe(d.unwrap_or(Duration::from_millis(100)))][kind as usize];
-                    machine.force(now, f);
+                    // A note of its own for each case: none, a reason, both.
+                    let note = match rand16 % 3 {
+                        0 => crate::store::ForceNote::new(),
+                        1 => crate::store::ForceNote::new().reason(format!("why {rand16}")),
+                        _ => crate::store::ForceNote::new().reason("a b, c:d").actor(format!("op-{rand16}")),
+                    };
+                    machine.force_noted(now, f, &note);
                     let args = [u64::from(kind), if kind == 4 { ms.unwrap_or(100) } else { ms.map_or(0, |ms| ms.max(1)) }];
-                    rt.block_on(s.run_with(&scripts.force, &name, &p, &args, now, rand16)).unwrap()
+                    let text = [note.reason_str().unwrap_or_default(), note.actor_str().unwrap_or_default()];
+                    rt.block_on(s.run_with_text(&scripts.force, &name, &p, &args, &text, now, rand16)).unwrap()
                 }
                 Op::Advance(ms) => {
                     now += ms;
@@ -119,6 +126,9 @@ fn lua_scripts_match_the_rust_machine() {
                 c.query::<bool>(redis::cmd("EXISTS").arg(s.key(&name)).clone()).await
             }).unwrap();
             if existed || machine.worth_keeping(&p) {
+                // The operator's view agrees too (the note included).
+                let seen = rt.block_on(s.inspect_at(&name, now)).unwrap();
+                prop_assert_eq!(seen, stored.then(|| machine.info(name.as_str(), now)));
                 held = Some(machine);
             }
             prop_assert_eq!(stored, held.is_some(), "a record exactly when worth keeping");

@@ -1,6 +1,8 @@
 -- ARGV[OP..]: command (0 open, 1 closed, 2 disabled, 3 reset, 4 open then probe),
--- duration in ms (0: until reset).
+-- duration in ms (0: until reset), then the operator's reason and actor
+-- (optional; machine.rs: Machine::force_noted).
 local command, duration = tonumber(ARGV[OP]), tonumber(ARGV[OP + 1])
+local reason, actor = ARGV[OP + 2] or '', ARGV[OP + 3] or ''
 if command == 3 then
   m.op = 0
   transition(m, CLOSED)
@@ -14,5 +16,10 @@ else
   if m.st ~= state then transition(m, state) end
   m.fu = 0
   if duration > 0 then m.fu = now + duration end
+end
+if command == 3 or (reason == '' and actor == '') then
+  m.fr, m.fa, m.ft = '', '', 0
+else
+  m.fr, m.fa, m.ft = reason, actor, math.max(now, 1)
 end
 return finish(m, before, reset)

@@ -42,7 +42,7 @@ end
 
 local function fresh(generation)
   return { st = CLOSED, g = generation, ou = 0, fu = 0, op = 0, cf = 0, rs = 0, sa = 0, ps = 0, bm = 0, pf = 0,
-    leases = {}, w = {}, fi = {}, tr = {} }
+    fr = '', fa = '', ft = 0, leases = {}, w = {}, fi = {}, tr = {} }
 end
 
 local function valid_int(n, min, max)
@@ -54,6 +54,8 @@ end
 -- replaced by a fresh closed breaker (second result true) whose generation is
 -- still newer than the old one where that could be read.
 local missing = false
+-- The hash holds an operator's note (fr, fa, ft) to delete when it goes.
+local had_note = false
 local function load()
   local kind = redis.call('TYPE', key)['ok']
   if kind == 'none' then
@@ -77,8 +79,13 @@ local function load()
     st = tonumber(f.st), g = tonumber(f.g), ou = tonumber(f.ou), fu = tonumber(f.fu), op = tonumber(f.op),
     cf = tonumber(f.cf), rs = tonumber(f.rs or '0'), sa = tonumber(f.sa or '0'), ps = tonumber(f.ps),
     bm = tonumber(f.bm or '0'), pf = tonumber(f.pf or '0'),
+    fr = f.fr or '', fa = f.fa or '', ft = tonumber(f.ft or '0'),
     leases = {}, w = {}, fi = {}, tr = {},
   }
+  had_note = f.ft ~= nil
+  -- A note belongs to the generation it was written under (fg): one left
+  -- behind by a client that does not know notes is dropped.
+  if not valid_int(m.ft, 0, big) or f.fg ~= f.g then m.fr, m.fa, m.ft = '', '', 0 end
   local ok = v == SCHEMA and valid_int(m.st, 0, 5) and valid_int(m.g, 1, big) and valid_int(m.ou, 0, big)
     and valid_int(m.fu, 0, big) and valid_int(m.op, 0, 4294967295) and valid_int(m.cf, 0, big)
     and valid_int(m.rs, 0, big) and valid_int(m.sa, 0, big) and valid_int(m.bm, 0, big)
@@ -138,6 +145,12 @@ local function save(m)
   redis.call('HSET', key, 'v', int(SCHEMA), 'st', int(m.st), 'g', int(m.g), 'ou', int(m.ou), 'fu', int(m.fu),
     'op', int(m.op), 'cf', int(m.cf), 'rs', int(m.rs), 'sa', int(m.sa), 'bm', int(m.bm), 'pf', int(m.pf), 'ps', int(m.ps),
     'ls', table.concat(leases, ','), 'w', table.concat(window, ','), 'fi', seen.fi, 'tr', seen.tr)
+  -- The operator's note (machine.rs: Note): only while there is one.
+  if m.ft ~= 0 then
+    redis.call('HSET', key, 'fr', m.fr, 'fa', m.fa, 'ft', int(m.ft), 'fg', int(m.g))
+  elseif had_note then
+    redis.call('HDEL', key, 'fr', 'fa', 'ft', 'fg')
+  end
   local forced = m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED
   if forced and m.fu == 0 then
     -- An operator's state without an expiry stays until reset.
@@ -174,7 +187,9 @@ local function remaining(m)
     if first == nil then first = now end
     return math.min(math.max(first - now, 0), P.sync_ms)
   elseif m.st == FORCED_OPEN and m.fu == 0 then
-    return P.break_ms
+    -- Until an operator acts: a minute, or the longest break if longer
+    -- (machine.rs: UNTIL_RESET_RETRY_MS).
+    return math.max(P.break_max_ms, 60000)
   elseif m.st == FORCED_OPEN or m.st == FORCED_CLOSED or m.st == DISABLED then
     return math.max(m.fu - now, 0)
   end
@@ -195,6 +210,7 @@ local function transition(m, state)
   m.fu = 0
   m.leases = {}
   m.w = {}
+  m.fr, m.fa, m.ft = '', '', 0
 end
 
 local function break_ms(opens)

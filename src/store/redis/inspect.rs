@@ -1,0 +1,179 @@
+//! Reading breakers for operators ([`Store::info`](crate::Store::info),
+//! [`Store::list_info`](crate::Store::list_info)): plain `HMGET`s, no
+//! script and no policy, turned into the pure machine's view.
+
+use futures_util::StreamExt;
+
+use super::error::map_error;
+use super::{Connection, RedisStore};
+use crate::machine::{Bucket, Machine, Note};
+use crate::store::{BreakerInfo, BreakerName, StoreError};
+use crate::State;
+
+/// The hash fields an operator's view needs (machine.lua: `save`).
+const FIELDS: [&str; 11] = [
+    "st", "g", "ou", "fu", "cf", "bm", "w", "fr", "fa", "ft", "fg",
+];
+
+/// How many breakers are read at once while listing.
+const CONCURRENCY: usize = 64;
+
+impl RedisStore {
+    /// One breaker; `None` without a record (or with one this client cannot read).
+    pub(super) async fn inspect(
+        &self,
+        name: &BreakerName,
+    ) -> Result<Option<BreakerInfo>, StoreError> {
+        self.inspect_at(name, 0).await
+    }
+
+    /// [`inspect`](Self::inspect) at `now` (0: Redis's clock; tests set it).
+    pub(super) async fn inspect_at(
+        &self,
+        name: &BreakerName,
+        now: u64,
+    ) -> Result<Option<BreakerInfo>, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let now = match now {
+            0 => server_time(&mut connection).await?,
+            now => now,
+        };
+        let fields = fetch(&mut connection, &self.key(name)).await?;
+        Ok(machine(&fields).map(|m| m.info(name.as_str(), now)))
+    }
+
+    /// Every breaker under the prefix, on every master of a cluster.
+    pub(super) async fn inspect_all(&self) -> Result<Vec<BreakerInfo>, StoreError> {
+        let keys = self.scan_keys().await?;
+        let mut connection = self.inner.connection.clone();
+        let now = server_time(&mut connection).await?;
+        let head = format!("{}:{{", self.inner.prefix);
+        let reads = keys.into_iter().filter_map(|key| {
+            let name = key.strip_prefix(&head)?.strip_suffix('}')?.to_owned();
+            let mut connection = connection.clone();
+            Some(async move {
+                let fields = fetch(&mut connection, &key).await;
+                (name, fields)
+            })
+        });
+        let mut replies = futures_util::stream::iter(reads).buffer_unordered(CONCURRENCY);
+        let mut all = Vec::new();
+        while let Some((name, fields)) = replies.next().await {
+            // A key that expired or changed type since the scan is skipped;
+            // a store that stopped answering is an error.
+            let fields = match fields {
+                Ok(fields) => fields,
+                Err(e) if e.kind() == crate::store::StoreErrorKind::Unavailable => return Err(e),
+                Err(_) => continue,
+            };
+            if let Some(m) = machine(&fields) {
+                all.push(m.info(&name, now));
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+}
+
+/// Redis's clock in milliseconds (the scripts' clock).
+async fn server_time(connection: &mut Connection) -> Result<u64, StoreError> {
+    let (secs, micros): (u64, u64) = connection.query(redis::cmd("TIME")).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+async fn fetch(connection: &mut Connection, key: &str) -> Result<Vec<Option<String>>, StoreError> {
+    let mut hmget = redis::cmd("HMGET");
+    hmget.arg(key).arg(&FIELDS[..]);
+    connection.query_raw(&hmget).await.map_err(map_error)
+}
+
+/// The machine the fields describe, as far as an operator's view needs it;
+/// `None` for a missing or unreadable record.
+fn machine(fields: &[Option<String>]) -> Option<Machine> {
+    let [st, g, ou, fu, cf, bm, w, fr, fa, ft, fg] = fields else {
+        return None;
+    };
+    let number = |f: &Option<String>| f.as_deref()?.parse::<u64>().ok();
+    let mut m = Machine::new(0);
+    m.state = State::from_code(number(st)?)?;
+    m.generation = number(g)?;
+    m.open_until = number(ou)?;
+    m.forced_until = number(fu)?;
+    m.consecutive = number(cf).unwrap_or(0);
+    m.bucket_ms = number(bm).unwrap_or(0);
+    m.buckets = w
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|b| !b.is_empty())
+        .map(|b| {
+            let mut n = b.split(':').map(|x| x.parse::<u64>().ok());
+            Some(Bucket {
+                index: n.next()??,
+                calls: n.next()??,
+                failures: n.next()??,
+                slow: n.next()??,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    // A note counts only under the generation it was written with (one
+    // left by a client that knows no notes is stale).
+    let noted_now = number(fg) == Some(m.generation);
+    if let Some(at) = number(ft).filter(|at| *at > 0 && noted_now) {
+        m.note = Note {
+            reason: fr.clone().unwrap_or_default(),
+            actor: fa.clone().unwrap_or_default(),
+            at,
+        };
+    }
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(values: [&str; 11]) -> Vec<Option<String>> {
+        values
+            .iter()
+            .map(|v| (!v.is_empty()).then(|| v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_what_the_scripts_write() {
+        let m = machine(&fields([
+            "3",
+            "42",
+            "0",
+            "9000",
+            "2",
+            "1000",
+            "4:10:3:0,5:2:1:1",
+            "incident",
+            "alice",
+            "1000",
+            "42",
+        ]))
+        .unwrap();
+        let info = m.info("x", 5_500);
+        assert_eq!(info.state, State::ForcedOpen);
+        assert_eq!(info.generation, 42);
+        assert_eq!(info.remaining, std::time::Duration::from_millis(3_500));
+        assert_eq!((info.calls, info.failures, info.slow), (12, 4, 1));
+        assert_eq!(info.consecutive_failures, 2);
+        assert_eq!(m.info("x", 9_000).state, State::Closed, "expired");
+        let note = info.note.unwrap();
+        assert_eq!(note.reason.as_deref(), Some("incident"));
+        assert_eq!(note.actor.as_deref(), Some("alice"));
+        assert!(machine(&fields(["", "", "", "", "", "", "", "", "", "", ""])).is_none());
+        assert!(machine(&fields(["9", "1", "0", "0", "", "", "", "", "", "", ""])).is_none());
+        // A note of another generation is stale.
+        let stale = machine(&fields([
+            "0", "43", "0", "0", "0", "1000", "", "incident", "alice", "1000", "42",
+        ]))
+        .unwrap();
+        assert_eq!(stale.info("x", 5_500).note, None);
+    }
+}
