@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::store::{Force, StoreError};
+use crate::store::{Force, ForceNote, StoreError};
 use crate::sync::permit::Admission;
 use crate::sync::replica::{Peek, Replica};
 use crate::{BreakerName, CircuitOpen, Outcome, Policy, Snapshot};
@@ -106,11 +106,44 @@ impl Breaker {
 
     /// Sends an operator's command to the store and adopts the result.
     pub async fn force(&self, force: Force) -> Result<Snapshot, StoreError> {
+        self.force_noted(force, &ForceNote::new()).await
+    }
+
+    /// [`force`](Self::force), with who and why: the store keeps the note
+    /// beside the forced state (`dcb show`, the admin API and the dashboard
+    /// show it) and the [`Event::Forced`](crate::events::Event::Forced) of
+    /// this process carries it.
+    ///
+    /// ```
+    /// # async fn demo(breaker: distributed_circuit_breaker::Breaker) -> Result<(), distributed_circuit_breaker::store::StoreError> {
+    /// use std::time::Duration;
+    /// use distributed_circuit_breaker::{Force, ForceNote};
+    ///
+    /// let note = ForceNote::new().reason("provider incident #4411").actor("alice");
+    /// breaker.force_noted(Force::Open(Some(Duration::from_secs(600))), &note).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn force_noted(
+        &self,
+        force: Force,
+        note: &ForceNote,
+    ) -> Result<Snapshot, StoreError> {
         let r = &self.replica;
         let ticket = r.ticket();
-        let snapshot = r.store.force(&r.name, &r.policy, force).await?;
-        r.observer.push(crate::events::Event::Forced { force });
-        tracing::info!(breaker = %r.name, force = ?force, state = snapshot.state.as_str(), generation = snapshot.generation, "breaker forced");
+        let snapshot = r.store.force_noted(&r.name, &r.policy, force, note).await?;
+        r.observer.push(crate::events::Event::Forced {
+            force,
+            note: note.clone(),
+        });
+        tracing::info!(
+            breaker = %r.name,
+            force = ?force,
+            reason = note.reason_str().unwrap_or(""),
+            actor = note.actor_str().unwrap_or(""),
+            state = snapshot.state.as_str(),
+            generation = snapshot.generation,
+            "breaker forced"
+        );
         r.adopt(ticket, snapshot);
         r.mail.notify_one();
         Ok(snapshot)

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::events::Event;
 use crate::store::{
-    Acquired, BreakerName, Force, HealthCheck, HealthTurn, OutcomeBatch, ProbeResult, Store,
-    StoreError, StoreFuture,
+    Acquired, BreakerInfo, BreakerName, Force, ForceNote, HealthCheck, HealthTurn, OutcomeBatch,
+    ProbeResult, Store, StoreError, StoreFuture,
 };
 use crate::{Policy, Snapshot, State, StoreEvent};
 
@@ -243,6 +243,24 @@ impl Store for Metered {
 
     fn list(&self) -> StoreFuture<'_, Vec<(String, Snapshot)>> {
         self.time("list", self.0.list())
+    }
+
+    fn force_noted<'a>(
+        &'a self,
+        name: &'a BreakerName,
+        policy: &'a Policy,
+        force: Force,
+        note: &'a ForceNote,
+    ) -> StoreFuture<'a, Snapshot> {
+        self.time("force", self.0.force_noted(name, policy, force, note))
+    }
+
+    fn info<'a>(&'a self, name: &'a BreakerName) -> StoreFuture<'a, Option<BreakerInfo>> {
+        self.time("info", self.0.info(name))
+    }
+
+    fn list_info(&self) -> StoreFuture<'_, Vec<BreakerInfo>> {
+        self.time("list", self.0.list_info())
     }
 
     fn health<'a>(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::store::{Force, ProbeResult};
+use crate::store::{Force, ForceNote, ProbeResult};
 use crate::State;
 
 /// Something that happened to a breaker.
@@ -54,6 +54,8 @@ pub enum Event {
     Forced {
         /// The command.
         force: Force,
+        /// Who and why, as given (empty when not).
+        note: ForceNote,
     },
     /// This process holds the fleet's health-check turn and ran the check.
     HealthChecked {
