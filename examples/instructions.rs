@@ -7,65 +7,18 @@
 //! cargo run --release --example instructions -- ours 100000
 //! ```
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
+use std::future::ready;
 use std::hint::black_box;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use distributed_circuit_breaker::{
-    BoxError, DistributedCircuitBreakerLayer, Force, KeyExtractor, MemoryStore, Policy,
+    BoxError, DistributedCircuitBreakerLayer, Force, MemoryStore, Policy,
 };
 use tower::{Layer, Service, ServiceExt};
 
-#[derive(Clone, Copy)]
-struct Plain;
-
-impl Service<u64> for Plain {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
-
-/// recloser behind the tower interface, as a user would wrap it.
-#[derive(Clone)]
-struct Recloser {
-    inner: Plain,
-    recloser: recloser::AsyncRecloser,
-}
-
-impl Service<u64> for Recloser {
-    type Response = u64;
-    type Error = recloser::Error<Infallible>;
-    type Future = recloser::RecloserFuture<Ready<Result<u64, Infallible>>, recloser::AnyError>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(recloser::Error::Inner)
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        self.recloser.call(self.inner.call(request))
-    }
-}
-
-#[derive(Clone)]
-struct TenKeys;
-
-const KEYS: [&str; 10] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"];
-
-impl KeyExtractor<u64> for TenKeys {
-    fn extract<'r>(&self, request: &'r u64) -> Option<std::borrow::Cow<'r, str>> {
-        Some(std::borrow::Cow::Borrowed(KEYS[(*request % 10) as usize]))
-    }
-}
+#[path = "../benches/support/contenders.rs"]
+mod contenders;
+use contenders::{Plain, RecloserService as Recloser, TenKeys};
 
 async fn drive<S>(mut svc: S, calls: u64)
 where

@@ -1,8 +1,6 @@
 //! The closed path allocates nothing: a counting global allocator watches a
 //! thousand calls through a closed breaker.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
@@ -12,32 +10,8 @@ use distributed_circuit_breaker::{
 };
 use tower::{Layer, Service, ServiceExt};
 
-struct Counting;
-
-thread_local! {
-    // Tests run on several threads at once: count this thread's allocations
-    // only (each test runs its calls on a current-thread runtime), while
-    // `COUNTING` is set.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        }
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/alloc.rs"]
+mod alloc;
 
 #[derive(Clone, Copy)]
 struct Ok200;
@@ -99,13 +73,12 @@ where
     for i in 0..10 {
         svc.ready().await.unwrap().call(i).await.unwrap();
     }
-    COUNTING.with(|counting| counting.set(true));
-    let before = ALLOCATIONS.with(Cell::get);
-    for i in 0..1_000 {
-        svc.ready().await.unwrap().call(i).await.unwrap();
-    }
-    let made = ALLOCATIONS.with(Cell::get) - before;
-    COUNTING.with(|counting| counting.set(false));
+    let ((), made) = alloc::counted(async {
+        for i in 0..1_000 {
+            svc.ready().await.unwrap().call(i).await.unwrap();
+        }
+    })
+    .await;
     made
 }
 

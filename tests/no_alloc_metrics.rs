@@ -4,8 +4,6 @@
 
 #![cfg(feature = "metrics")]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
@@ -13,29 +11,8 @@ use std::task::{Context, Poll};
 use distributed_circuit_breaker::{DistributedCircuitBreakerLayer, MemoryStore, Policy};
 use tower::{Layer, Service, ServiceExt};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        }
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/alloc.rs"]
+mod alloc;
 
 #[derive(Clone, Copy)]
 struct Echo;
@@ -74,13 +51,12 @@ fn a_closed_call_allocates_nothing_with_metrics_on() {
         for i in 0..100 {
             svc.ready().await.unwrap().call(i).await.unwrap();
         }
-        COUNTING.with(|c| c.set(true));
-        let before = ALLOCATIONS.with(Cell::get);
-        for i in 0..1_000 {
-            svc.ready().await.unwrap().call(i).await.unwrap();
-        }
-        let made = ALLOCATIONS.with(Cell::get) - before;
-        COUNTING.with(|c| c.set(false));
+        let ((), made) = alloc::counted(async {
+            for i in 0..1_000 {
+                svc.ready().await.unwrap().call(i).await.unwrap();
+            }
+        })
+        .await;
         assert_eq!(made, 0, "allocations on the closed path with metrics on");
         // The recorder is really there: the breaker's state gauge reached it.
         assert!(snapshotter

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use super::{auth, query, Shared};
 use crate::ops::{self, Action, ApplyError};
 use crate::store::{BreakerName, ForceNote, StoreErrorKind};
-use crate::State;
 
 /// The actor of a command that names none.
 const DEFAULT_ACTOR: &str = "admin-api";
@@ -47,31 +46,11 @@ fn store_error(e: &crate::store::StoreError) -> Response {
     error(status, e)
 }
 
-/// The states a `state` filter word matches (`open` covers forced open).
-fn states(word: &str) -> Option<Vec<State>> {
-    let all = [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::ForcedClosed,
-        State::Disabled,
-    ];
-    match word {
-        "open" => Some(vec![State::Open, State::ForcedOpen]),
-        "closed" => Some(vec![State::Closed, State::ForcedClosed]),
-        _ => all
-            .into_iter()
-            .find(|s| s.as_str() == word)
-            .map(|s| vec![s]),
-    }
-}
-
 pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Response {
     let prefix = query::param(uri.query(), "prefix");
     let wanted = match query::param(uri.query(), "state").filter(|s| !s.is_empty()) {
         None => None,
-        Some(word) => match states(&word) {
+        Some(word) => match crate::ops::states_matching(&word) {
             Some(states) => Some(states),
             None => return error(StatusCode::BAD_REQUEST, format!("unknown state `{word}`")),
         },

@@ -23,8 +23,10 @@
 
 mod action;
 mod duration;
+mod filter;
 mod json;
 
 pub use action::{apply, operator_policy, Action, ApplyError};
 pub use duration::{format_duration, parse_duration};
+pub use filter::states_matching;
 pub use json::{info_json, transition_json};

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use distributed_circuit_breaker::ops::{self, Action, ApplyError};
 use distributed_circuit_breaker::store::{BreakerInfo, StoreError};
-use distributed_circuit_breaker::{BreakerName, ForceNote, RedisStore, State, Store};
+use distributed_circuit_breaker::{BreakerName, ForceNote, RedisStore, Store};
 
 use args::{exit, Cli, Command, ForceArgs};
 
@@ -102,7 +102,7 @@ async fn list(
 ) -> Result<(), Failure> {
     let wanted = match state.as_deref() {
         None => None,
-        Some(word) => Some(states(word).ok_or_else(|| {
+        Some(word) => Some(ops::states_matching(word).ok_or_else(|| {
             Failure(
                 format!("unknown state `{word}`: closed, open, half_open, forced_open, forced_closed or disabled"),
                 exit::USAGE,
@@ -122,27 +122,6 @@ async fn list(
         print!("{}", table::table(&infos));
     }
     Ok(())
-}
-
-/// The states a `--state` word matches: `open` covers forced open too.
-fn states(word: &str) -> Option<Vec<State>> {
-    let all = [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::ForcedClosed,
-        State::Disabled,
-    ];
-    let word = word.replace('-', "_");
-    match word.as_str() {
-        "open" => Some(vec![State::Open, State::ForcedOpen]),
-        "closed" => Some(vec![State::Closed, State::ForcedClosed]),
-        _ => all
-            .into_iter()
-            .find(|s| s.as_str() == word)
-            .map(|s| vec![s]),
-    }
 }
 
 async fn show(store: &RedisStore, text: &str, json: bool) -> Result<(), Failure> {
