@@ -129,8 +129,22 @@ impl Breaker {
         note: &ForceNote,
     ) -> Result<Snapshot, StoreError> {
         let r = &self.replica;
+        let before = r.current();
         let ticket = r.ticket();
         let snapshot = r.store.force_noted(&r.name, &r.policy, force, note).await?;
+        if snapshot.generation > before.generation {
+            // This command made the fleet's transition: told here, once.
+            r.observer.fleet_transition(
+                &r.name,
+                crate::events::TransitionEvent {
+                    from: before.state,
+                    to: snapshot.state,
+                    generation: snapshot.generation,
+                    scope: crate::events::Scope::Fleet,
+                    cause: crate::events::Cause::rule(crate::events::Rule::Operator),
+                },
+            );
+        }
         r.observer.push(crate::events::Event::Forced {
             force,
             note: note.clone(),

@@ -112,7 +112,12 @@ impl DistributedCircuitBreakerLayer {
     /// Like [`new`](Self::new), for a store already behind an `Arc<dyn Store>`.
     pub fn with_store(name: BreakerName, policy: Policy, store: Arc<dyn Store>) -> Self {
         Self::from_shared(Shared {
-            replica: Replica::spawn(name, policy, Hub::new(store), Arc::new(())),
+            replica: Replica::spawn(
+                name,
+                policy,
+                Hub::new(store),
+                crate::sync::dispatch::Dispatcher::silent(),
+            ),
             classifier: Arc::new(ErrorsAsFailures),
             call_timeout: None,
             rejection: Rejection::Fail,

@@ -5,8 +5,10 @@ use crate::BreakerName;
 
 /// Hears a breaker's [`Event`]s.
 ///
-/// Called by the breaker's background task, never on a call's path; keep it
-/// quick (hand slow work to a channel). Implemented for `()` (hears nothing)
+/// Called on a task of its own (one per listener), never on a call's path
+/// nor on a breaker's background task; a panic is caught and logged once.
+/// Keep it quick all the same: events it has not taken beyond 1,024 are
+/// dropped. Implemented for `()` (hears nothing)
 /// and for closures `Fn(&BreakerName, &Event)`.
 ///
 /// ```

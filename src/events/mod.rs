@@ -4,8 +4,9 @@
 //!
 //! Give a layer a [`Listener`] with
 //! [`on_event`](crate::DistributedCircuitBreakerLayer::on_event): a closure
-//! `Fn(&BreakerName, &Event)` or your own type. It is called by the breaker's
-//! background task, never on a call's path, in the order things happened.
+//! `Fn(&BreakerName, &Event)` or your own type. It is called on a task of its
+//! own, never on a call's path nor on a breaker's background task, in the
+//! order things happened; a panic in it is caught.
 //!
 //! ```
 //! use distributed_circuit_breaker::events::{Event, Scope};

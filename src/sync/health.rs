@@ -53,9 +53,7 @@ async fn run(weak: Weak<Replica>, check: CheckFn, interval: Duration) {
         if !turn(&replica, ask(None)).await {
             continue;
         }
-        let healthy = tokio::time::timeout(interval, check())
-            .await
-            .unwrap_or(false);
+        let healthy = run_check(&replica, &check, interval).await;
         tracing::debug!(breaker = %replica.name, healthy, generation, "health check");
         replica.observer.push(Event::HealthChecked {
             healthy,
@@ -68,6 +66,27 @@ async fn run(weak: Weak<Replica>, check: CheckFn, interval: Duration) {
             replica.health_passed(generation + 1);
         }
         turn(&replica, ask(Some(healthy))).await;
+    }
+}
+
+/// Runs the user's check on a task of its own, so that a check that panics
+/// or hangs costs one check (counted unhealthy), never the checking: a
+/// panic is caught (and logged once), a check still running after
+/// `interval` is aborted.
+async fn run_check(replica: &Replica, check: &CheckFn, interval: Duration) -> bool {
+    let mut task = tokio::spawn(check());
+    match tokio::time::timeout(interval, &mut task).await {
+        Ok(Ok(healthy)) => healthy,
+        Ok(Err(error)) => {
+            if error.is_panic() && replica.observer.first_check_panic() {
+                tracing::error!(breaker = %replica.name, "the health check panicked; counted unhealthy, checks go on (logged once)");
+            }
+            false
+        }
+        Err(_) => {
+            task.abort();
+            false
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! window of this process's outcomes; [`permit`] returns half-open permits.
 
 pub(crate) mod degraded;
+pub(crate) mod dispatch;
 pub(crate) mod driver;
 pub(crate) mod health;
 pub(crate) mod hub;

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::events::{Cause, Event, Listener, Scope, TransitionEvent};
 use crate::store::BreakerName;
+use crate::sync::dispatch::Dispatcher;
 use crate::State;
 
 /// Events kept for the background task; beyond this the oldest are dropped
@@ -18,7 +19,7 @@ use crate::State;
 const QUEUE: usize = 256;
 
 pub(crate) struct Observer {
-    listener: RwLock<Arc<dyn Listener>>,
+    listener: RwLock<Dispatcher>,
     queue: Mutex<VecDeque<Event>>,
     dropped: AtomicU64,
     /// Calls rejected since the last report, by the state they met.
@@ -29,6 +30,8 @@ pub(crate) struct Observer {
     last_trip: Mutex<Option<Cause>>,
     /// The latest batch with failures this replica handed to the store.
     last_report: Mutex<Option<Cause>>,
+    /// A panic of the health check was logged.
+    check_panicked: std::sync::atomic::AtomicBool,
     /// The name metrics label this breaker with: its own, or a keyed
     /// layer's base name (one series per layer, not per key).
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -47,7 +50,7 @@ impl std::fmt::Debug for Observer {
 }
 
 impl Observer {
-    pub(crate) fn new(label: BreakerName, listener: Arc<dyn Listener>) -> Self {
+    pub(crate) fn new(label: BreakerName, listener: Dispatcher) -> Self {
         #[cfg(feature = "metrics")]
         crate::metrics::created(&label);
         Observer {
@@ -58,20 +61,23 @@ impl Observer {
             degraded_since: Mutex::new(None),
             last_trip: Mutex::new(None),
             last_report: Mutex::new(None),
+            check_panicked: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             outcomes: crate::metrics::OutcomeCounters::new(&label),
             label,
         }
     }
 
+    /// Sends this breaker's events to `listener` (on a task of its own).
     pub(crate) fn set_listener(&self, listener: Arc<dyn Listener>) {
         *self
             .listener
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = listener;
+            .unwrap_or_else(PoisonError::into_inner) = Dispatcher::new(listener);
     }
 
-    pub(crate) fn listener(&self) -> Arc<dyn Listener> {
+    /// Where this breaker's events go (keyed breakers share their base's).
+    pub(crate) fn listener(&self) -> Dispatcher {
         self.listener
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -120,6 +126,11 @@ impl Observer {
             .last_trip
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether this is the health check's first panic (to log it once).
+    pub(crate) fn first_check_panic(&self) -> bool {
+        !self.check_panicked.swap(true, Ordering::Relaxed)
     }
 
     /// A batch with failures went to the store: if it trips the fleet,
@@ -210,10 +221,10 @@ impl Observer {
             tracing::warn!(breaker = %name, dropped, "breaker events dropped: the listener is behind");
         }
         let listener = self.listener();
-        for event in &events {
+        for event in events {
             #[cfg(feature = "metrics")]
-            crate::metrics::event(&self.label, event);
-            listener.on_event(name, event);
+            crate::metrics::event(&self.label, &event);
+            listener.send(name, event);
         }
         for (state, count) in State::ALL.into_iter().zip(rejected) {
             if count == 0 {
@@ -222,7 +233,7 @@ impl Observer {
             let event = Event::Rejected { count, state };
             #[cfg(feature = "metrics")]
             crate::metrics::event(&self.label, &event);
-            listener.on_event(name, &event);
+            listener.send(name, event);
         }
     }
 }

@@ -248,7 +248,7 @@ impl Replica {
         name: BreakerName,
         policy: Policy,
         hub: Arc<Hub>,
-        listener: Arc<dyn crate::events::Listener>,
+        listener: crate::sync::dispatch::Dispatcher,
     ) -> Arc<Self> {
         let observer = Observer::new(name.clone(), listener);
         let replica = Arc::new(Self::new(
@@ -869,6 +869,13 @@ impl Replica {
                 Why::Local(cause) => Some((Scope::Local, cause)),
                 Why::Fleet(cause) => Some((Scope::Fleet, cause)),
             };
+            let forced = |s: State| !matches!(s, State::Closed | State::Open | State::HalfOpen);
+            let reported = reported.map(|(scope, mut cause)| {
+                if cause.rule == Rule::Learned && (forced(from) || forced(to)) {
+                    cause.rule = Rule::Operator;
+                }
+                (scope, cause)
+            });
             if let Some((scope, cause)) = reported.filter(|_| from != to) {
                 self.observer
                     .transition(&self.name, from, to, generation, scope, cause);

@@ -7,9 +7,15 @@ local turn_key = KEYS[2]
 local holder, lease_ms, report = tonumber(ARGV[OP]), tonumber(ARGV[OP + 1]), tonumber(ARGV[OP + 2])
 local checked, extend = tonumber(ARGV[OP + 3]), tonumber(ARGV[OP + 4])
 origin = holder
--- Anything unreadable in the turn's key counts as nobody's turn.
+-- Anything unreadable in the turn's key counts as nobody's turn, and so
+-- does a turn without an expiry or longer than a lease (no script writes
+-- one: it would never hand the checking on).
 local held = redis.pcall('GET', turn_key)
 held = tonumber(type(held) == 'string' and held or '0') or 0
+if held ~= 0 then
+  local ttl = redis.call('PTTL', turn_key)
+  if ttl < 0 or ttl > math.max(lease_ms, 1) then held = 0 end
+end
 local turn = 0
 if m.st == OPEN then
   if held == 0 or held == holder then
