@@ -68,9 +68,13 @@ pub(crate) fn created(name: &BreakerName) {
     gauge!("dcb_state", "breaker" => label(name), "state" => State::Closed.as_str()).increment(1.0);
 }
 
-/// A breaker is gone (keyed breakers come and go).
-pub(crate) fn dropped(name: &BreakerName, state: State) {
+/// A breaker is gone (keyed breakers come and go), perhaps while deciding
+/// alone.
+pub(crate) fn dropped(name: &BreakerName, state: State, degraded: bool) {
     gauge!("dcb_state", "breaker" => label(name), "state" => state.as_str()).decrement(1.0);
+    if degraded {
+        gauge!("dcb_degraded", "breaker" => label(name)).decrement(1.0);
+    }
 }
 
 pub(crate) fn event(name: &BreakerName, event: &Event) {

@@ -192,6 +192,16 @@ impl Observer {
         self.push(Event::DegradedEntered { error });
     }
 
+    /// Whether the store was lost and the loss was told (the metrics'
+    /// degraded gauge counts this breaker).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     pub(crate) fn recovered(&self) {
         let since = self
             .degraded_since

@@ -187,7 +187,8 @@ impl Drop for Replica {
         #[cfg(feature = "metrics")]
         {
             let (state, _) = unpack(*self.snapshot.get_mut());
-            crate::metrics::dropped(&self.observer.label, state);
+            let degraded = self.observer.is_degraded();
+            crate::metrics::dropped(&self.observer.label, state, degraded);
         }
         self.hub.leave(&self.name);
         // A sleeping driver would never look again: let it see we are gone.
