@@ -140,7 +140,7 @@ async fn attack_calls_total_while_the_store_is_away() {
     let breaker = [("breaker", name)];
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        seen.take(&snapshotter);
+        seen.take(snapshotter);
     }
     let reached = dependency.calls() as u64;
     let failed = dependency.failures() as u64;
