@@ -95,6 +95,9 @@ struct Body {
     create: bool,
 }
 
+/// The fields a POST body may have.
+const BODY_FIELDS: [&str; 4] = ["for", "reason", "actor", "create"];
+
 fn body(bytes: &[u8]) -> Result<Body, Refusal> {
     let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -105,6 +108,12 @@ fn body(bytes: &[u8]) -> Result<Body, Refusal> {
     let Value::Object(fields) = value else {
         return Err(bad("the body must be a JSON object".into()));
     };
+    // A typo (`duration` for `for`) must not force a breaker until reset.
+    if let Some(unknown) = fields.keys().find(|k| !BODY_FIELDS.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown field `{unknown}`: the body takes `for`, `reason`, `actor` and `create`"
+        )));
+    }
     let text = |key: &str| match fields.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),

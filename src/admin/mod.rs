@@ -6,7 +6,7 @@
 //! | `GET /` | the dashboard: one self-contained page, live |
 //! | `GET /breakers` | every breaker as JSON (`?prefix=..&state=..`) |
 //! | `GET /breakers/{name}` | one breaker, 404 if the store holds no record |
-//! | `POST /breakers/{name}/open` | also `close`, `disable`, `reset`; JSON body `{"for": "10m", "reason": "..", "actor": "..", "create": false}`, every field optional |
+//! | `POST /breakers/{name}/open` | also `close`, `disable`, `reset`; JSON body `{"for": "10m", "reason": "..", "actor": "..", "create": false}`, every field optional, any other field refused (400) |
 //! | `GET /events` | transitions as server-sent events (`transition`, `resync`) |
 //!
 //! Mutations need `Authorization: Bearer <token>` matching the configured
