@@ -17,6 +17,7 @@ mod table;
 mod watch;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use distributed_circuit_breaker::ops::{self, Action, ApplyError};
@@ -55,10 +56,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let urls = cli.connection.redis.clone();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message, code)) => {
-            eprintln!("dcb: {message}");
+            // Whatever quoted the URL, its passwords never reach the terminal.
+            eprintln!("dcb: {}", connect::scrub(&message, &urls));
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
     }
@@ -165,10 +168,20 @@ async fn force(
     if json {
         print_json(&ops::info_json(&info));
     } else {
+        // What the store kept, not what was asked: it caps a forced
+        // state's duration (a year).
+        let kept = info.remaining;
         let until = match (action, args.duration) {
             (Action::Reset, _) => String::new(),
-            (_, Some(d)) => format!(" for {}", ops::format_duration(d)),
-            (_, None) => " until reset".to_owned(),
+            _ if info.forced_until_reset => " until reset".to_owned(),
+            (_, Some(asked)) if kept + Duration::from_secs(2) < asked => format!(
+                " for {} (the store's limit; {} was asked)",
+                ops::format_duration(kept),
+                ops::format_duration(asked)
+            ),
+            (_, Some(asked)) => format!(" for {}", ops::format_duration(asked)),
+            (_, None) if kept.is_zero() => String::new(),
+            (_, None) => format!(" for {}", ops::format_duration(kept)),
         };
         println!(
             "{}: {} (generation {}){until}",

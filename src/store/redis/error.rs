@@ -28,5 +28,29 @@ pub(super) fn map_error(error: RedisError) -> StoreError {
         _ if error.kind() == redis::ErrorKind::InvalidClientConfig => StoreErrorKind::Config,
         _ => StoreErrorKind::Unavailable,
     };
+    if error.code() == Some("NOPERM") {
+        return StoreError::new(
+            kind,
+            format!("this Redis user is not allowed that (ACL): {error}; grant it the command, keys (`~{{prefix}}:*`) and channel (`&{{prefix}}:events`) the store needs, or connect with `RedisStoreBuilder::read_only` to only read"),
+        );
+    }
     StoreError::new(kind, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noperm_is_refused_and_says_so() {
+        let error = RedisError::from((
+            redis::ErrorKind::ExtensionError,
+            "NOPERM",
+            "User viewer has no permissions to run the 'publish' command".to_owned(),
+        ));
+        assert_eq!(error.code(), Some("NOPERM"));
+        let mapped = map_error(error);
+        assert_eq!(mapped.kind(), StoreErrorKind::Refused);
+        assert!(mapped.to_string().contains("not allowed"), "{mapped}");
+    }
 }
