@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use distributed_circuit_breaker::admin::{self, AdminConfig};
-use distributed_circuit_breaker::{BreakerName, ForceNote, Force, Policy, RedisStore, Store};
+use distributed_circuit_breaker::{BreakerName, Force, ForceNote, Policy, RedisStore, Store};
 use serde_json::Value;
 use support::http_raw::{open_stream, read_until, request, Reply};
 use support::redis::RedisServer;
@@ -23,16 +23,31 @@ async fn serve(store: RedisStore, config: AdminConfig) -> String {
 
 async fn post(addr: &str, path: &str, auth: Option<&str>, body: &str) -> Reply {
     let header = auth.map(|a| a.to_owned());
-    let headers: Vec<(&str, &str)> = header.iter().map(|h| ("Authorization", h.as_str())).collect();
+    let headers: Vec<(&str, &str)> = header
+        .iter()
+        .map(|h| ("Authorization", h.as_str()))
+        .collect();
     request(addr, "POST", path, &headers, body).await
 }
 
 fn json(reply: &Reply) -> Value {
-    serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {} {}", reply.status, reply.body))
+    serde_json::from_str(&reply.body)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", reply.status, reply.body))
 }
 
 fn seed(redis: &RedisServer, name: &str) {
-    redis.cli(&["HSET", &format!("dcb:{{{name}}}"), "st", "0", "g", "1", "ou", "0", "fu", "0"]);
+    redis.cli(&[
+        "HSET",
+        &format!("dcb:{{{name}}}"),
+        "st",
+        "0",
+        "g",
+        "1",
+        "ou",
+        "0",
+        "fu",
+        "0",
+    ]);
 }
 
 /// Bearer variants: only the exact token passes.
@@ -66,13 +81,22 @@ async fn token_variants() {
         &addr,
         "POST",
         "/admin/breakers/p/open",
-        &[("Authorization", "Bearer nope"), ("Authorization", &format!("Bearer {TOKEN}"))],
+        &[
+            ("Authorization", "Bearer nope"),
+            ("Authorization", &format!("Bearer {TOKEN}")),
+        ],
         "{}",
     )
     .await;
     eprintln!("two headers: {}", r.status);
     for ok in [format!("Bearer {TOKEN}"), format!("bEaReR {TOKEN}")] {
-        let r = post(&addr, "/admin/breakers/p/open", Some(&ok), r#"{"for":"1m"}"#).await;
+        let r = post(
+            &addr,
+            "/admin/breakers/p/open",
+            Some(&ok),
+            r#"{"for":"1m"}"#,
+        )
+        .await;
         assert_eq!(r.status, 200, "{ok:?}: {}", r.body);
     }
     // Empty and whitespace-only configured tokens: no mutation at all.
@@ -82,7 +106,11 @@ async fn token_variants() {
         for auth in ["Bearer ", "Bearer  ", "Bearer"] {
             let r = post(&addr, "/admin/breakers/p/reset", Some(auth), "{}").await;
             eprintln!("token {t:?} auth {auth:?}: {}", r.status);
-            assert!(r.status == 403 || r.status == 401, "token {t:?} auth {auth:?}: {}", r.status);
+            assert!(
+                r.status == 403 || r.status == 401,
+                "token {t:?} auth {auth:?}: {}",
+                r.status
+            );
         }
     }
 }
@@ -96,11 +124,20 @@ async fn unknown_fields_are_refused() {
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     let addr = serve(store, AdminConfig::new().token(TOKEN)).await;
     let auth = format!("Bearer {TOKEN}");
-    let r = post(&addr, "/admin/breakers/p/open", Some(&auth), r#"{"duration": "10m", "reason": "10 minutes only"}"#).await;
+    let r = post(
+        &addr,
+        "/admin/breakers/p/open",
+        Some(&auth),
+        r#"{"duration": "10m", "reason": "10 minutes only"}"#,
+    )
+    .await;
     eprintln!("typo'd body: {} {}", r.status, r.body);
     let after = json(&request(&addr, "GET", "/admin/breakers/p", &[], "").await);
     eprintln!("after: {after}");
-    assert_eq!(r.status, 400, "unknown field `duration` accepted; breaker now {after}");
+    assert_eq!(
+        r.status, 400,
+        "unknown field `duration` accepted; breaker now {after}"
+    );
 }
 
 /// Bad bodies: 400 and nothing changed.
@@ -149,7 +186,13 @@ async fn percent_encoded_names() {
         ("a#b", "a%23b"),
         (".", "%2E"),
     ] {
-        let r = post(&addr, &format!("/admin/breakers/{encoded}/open"), Some(&auth), r#"{"for":"5m","create":true}"#).await;
+        let r = post(
+            &addr,
+            &format!("/admin/breakers/{encoded}/open"),
+            Some(&auth),
+            r#"{"for":"5m","create":true}"#,
+        )
+        .await;
         assert_eq!(r.status, 200, "{name:?}: {} {}", r.status, r.body);
         assert_eq!(json(&r)["name"], name);
         let info = store.info(&BreakerName::new(name).unwrap()).await.unwrap();
@@ -171,19 +214,37 @@ async fn store_down_is_503_in_bounded_time() {
     let addr = serve(store, AdminConfig::new().token(TOKEN)).await;
     let auth = format!("Bearer {TOKEN}");
     redis.pause();
-    for (method, path) in [("GET", "/admin/breakers"), ("GET", "/admin/breakers/p"), ("POST", "/admin/breakers/p/open")] {
+    for (method, path) in [
+        ("GET", "/admin/breakers"),
+        ("GET", "/admin/breakers/p"),
+        ("POST", "/admin/breakers/p/open"),
+    ] {
         let start = Instant::now();
         let r = request(&addr, method, path, &[("Authorization", &auth)], "{}").await;
-        eprintln!("paused {method} {path}: {} in {:?}: {}", r.status, start.elapsed(), r.body);
+        eprintln!(
+            "paused {method} {path}: {} in {:?}: {}",
+            r.status,
+            start.elapsed(),
+            r.body
+        );
         assert_eq!(r.status, 503, "{method} {path}: {}", r.body);
         assert!(start.elapsed() < Duration::from_secs(5));
     }
     redis.resume();
     redis.kill();
-    for (method, path) in [("GET", "/admin/breakers"), ("GET", "/admin/breakers/p"), ("POST", "/admin/breakers/p/open")] {
+    for (method, path) in [
+        ("GET", "/admin/breakers"),
+        ("GET", "/admin/breakers/p"),
+        ("POST", "/admin/breakers/p/open"),
+    ] {
         let start = Instant::now();
         let r = request(&addr, method, path, &[("Authorization", &auth)], "{}").await;
-        eprintln!("killed {method} {path}: {} in {:?}: {}", r.status, start.elapsed(), r.body);
+        eprintln!(
+            "killed {method} {path}: {} in {:?}: {}",
+            r.status,
+            start.elapsed(),
+            r.body
+        );
         assert_eq!(r.status, 503, "{method} {path}: {}", r.body);
         assert!(start.elapsed() < Duration::from_secs(5));
     }
@@ -201,7 +262,11 @@ async fn ten_thousand_breakers() {
     let r = request(&addr, "GET", "/admin/breakers", &[], "").await;
     let took = start.elapsed();
     let n = json(&r).as_array().map(Vec::len);
-    eprintln!("10k: {} in {took:?}, {} bytes, {n:?}", r.status, r.body.len());
+    eprintln!(
+        "10k: {} in {took:?}, {} bytes, {n:?}",
+        r.status,
+        r.body.len()
+    );
     assert_eq!(n, Some(10_000));
     assert!(took < Duration::from_secs(5), "{took:?}");
     let start = Instant::now();
@@ -236,7 +301,10 @@ async fn sse_clients_disconnect_and_server_survives() {
         )
         .await
         .unwrap();
-    let seen = read_until(&mut s, Duration::from_secs(5), |t| t.contains("forced_open")).await;
+    let seen = read_until(&mut s, Duration::from_secs(5), |t| {
+        t.contains("forced_open")
+    })
+    .await;
     assert!(seen.contains("event: transition"), "{seen}");
     let r = request(&addr, "GET", "/admin/breakers", &[], "").await;
     assert_eq!(r.status, 200);
@@ -261,18 +329,28 @@ async fn sse_after_redis_restart() {
             .force_noted(
                 &BreakerName::new("p").unwrap(),
                 &Policy::default(),
-                if i % 2 == 0 { Force::Open(Some(Duration::from_secs(60))) } else { Force::Reset },
+                if i % 2 == 0 {
+                    Force::Open(Some(Duration::from_secs(60)))
+                } else {
+                    Force::Reset
+                },
                 &ForceNote::new().actor("bob"),
             )
             .await
             .unwrap();
-        seen += &read_until(&mut s, Duration::from_secs(1), |t| t.contains("event: transition")).await;
+        seen += &read_until(&mut s, Duration::from_secs(1), |t| {
+            t.contains("event: transition")
+        })
+        .await;
         if seen.contains("event: transition") {
             break;
         }
     }
     eprintln!("after restart: {seen}");
-    assert!(seen.contains("event: transition"), "SSE deaf after restart: {seen:?}");
+    assert!(
+        seen.contains("event: transition"),
+        "SSE deaf after restart: {seen:?}"
+    );
 }
 
 /// Many mutations at once all answer, and the breaker ends forced.
@@ -289,7 +367,14 @@ async fn concurrent_posts() {
         let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
             let action = ["open", "close", "disable"][i % 3];
-            post(&addr, &format!("/admin/breakers/p/{action}"), Some(&auth), &format!(r#"{{"for":"5m","reason":"r{i}"}}"#)).await.status
+            post(
+                &addr,
+                &format!("/admin/breakers/p/{action}"),
+                Some(&auth),
+                &format!(r#"{{"for":"5m","reason":"r{i}"}}"#),
+            )
+            .await
+            .status
         }));
     }
     let mut codes = std::collections::BTreeMap::new();
@@ -306,9 +391,14 @@ async fn concurrent_posts() {
 async fn read_only_redis_user_store_for_read_only_dashboard() {
     let redis = RedisServer::start();
     seed(&redis, "p");
-    redis.cli(&["ACL", "SETUSER", "viewer", "on", ">viewpw", "~*", "&*", "+@all", "-@write", "-publish"]);
+    redis.cli(&[
+        "ACL", "SETUSER", "viewer", "on", ">viewpw", "~*", "&*", "+@all", "-@write", "-publish",
+    ]);
     let url = format!("redis://viewer:viewpw@127.0.0.1:{}", redis.port());
-    let store = RedisStore::connect(&url).await;
+    // A plain connect checks write and PUBLISH rights (and fails, as it
+    // should, for a store that takes traffic); a read-only dashboard
+    // connects read-only.
+    let store = RedisStore::builder().read_only(true).connect(&url).await;
     let store = match store {
         Ok(s) => s,
         Err(e) => panic!("a read-only Redis user cannot back a read-only admin router: {e}"),
@@ -331,7 +421,13 @@ async fn ten_dashboards_on_ten_thousand_breakers() {
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     let addr = serve(store, AdminConfig::new().token(TOKEN)).await;
     let dep = Dependency::new();
-    let i = Instance::connect_with(&redis.url(), "live", &dep, distributed_circuit_breaker::StoreFailure::Local).await;
+    let i = Instance::connect_with(
+        &redis.url(),
+        "live",
+        &dep,
+        distributed_circuit_breaker::StoreFailure::Local,
+    )
+    .await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let syncer = {
         let stop = stop.clone();
@@ -340,7 +436,11 @@ async fn ten_dashboards_on_ten_thousand_breakers() {
             let (mut ok, mut failed) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = i.call().await;
-                if i.breaker.sync().await { ok += 1 } else { failed += 1 }
+                if i.breaker.sync().await {
+                    ok += 1
+                } else {
+                    failed += 1
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (ok, failed)
@@ -365,7 +465,18 @@ async fn ten_dashboards_on_ten_thousand_breakers() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = syncer.await.unwrap();
-    eprintln!("10 x 10k lists: all done in {:?}, worst {worst:?}; instance syncs ok {ok} failed {failed}", start.elapsed());
-    assert!(worst < Duration::from_secs(5), "a dashboard re-read took {worst:?}, more than its 5 s re-read interval");
-    assert_eq!(failed, 0, "the fleet instance lost {failed} of {} syncs while dashboards read", ok + failed);
+    eprintln!(
+        "10 x 10k lists: all done in {:?}, worst {worst:?}; instance syncs ok {ok} failed {failed}",
+        start.elapsed()
+    );
+    assert!(
+        worst < Duration::from_secs(5),
+        "a dashboard re-read took {worst:?}, more than its 5 s re-read interval"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "the fleet instance lost {failed} of {} syncs while dashboards read",
+        ok + failed
+    );
 }

@@ -6,14 +6,14 @@ mod support;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use distributed_circuit_breaker::{BreakerError, State, StoreFailure};
 #[allow(unused_imports)]
 use axum as _;
+use distributed_circuit_breaker::{BreakerError, State, StoreFailure};
+use distributed_circuit_breaker::{BreakerName, Force, Policy, RedisStore, Store};
 use serde_json::Value;
 use support::dependency::Dependency;
 use support::fleet::{drive_until, Call, Instance};
 use support::redis::{free_port, RedisCluster, RedisServer};
-use distributed_circuit_breaker::{BreakerName, Force, Policy, RedisStore, Store};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tower::{Service, ServiceExt};
 
@@ -54,11 +54,27 @@ fn code(out: &Output) -> i32 {
 async fn garbage_record_is_bad_data_not_unknown() {
     let redis = RedisServer::start();
     let url = redis.url();
-    redis.cli(&["HSET", "dcb:{garbage}", "st", "99", "g", "1", "ou", "0", "fu", "0"]);
+    redis.cli(&[
+        "HSET",
+        "dcb:{garbage}",
+        "st",
+        "99",
+        "g",
+        "1",
+        "ou",
+        "0",
+        "fu",
+        "0",
+    ]);
     let (show, _) = dcb(&url, &["show", "garbage"]).await;
     eprintln!("show: code {} stderr {}", code(&show), text(&show.stderr));
     let (list, _) = dcb(&url, &["--json", "list"]).await;
-    eprintln!("list: code {} stdout {} stderr {}", code(&list), text(&list.stdout), text(&list.stderr));
+    eprintln!(
+        "list: code {} stdout {} stderr {}",
+        code(&list),
+        text(&list.stdout),
+        text(&list.stderr)
+    );
     // Operator then tries to open it: told it does not exist.
     let (open, _) = dcb(&url, &["open", "garbage", "--for", "1m"]).await;
     eprintln!("open: code {} stderr {}", code(&open), text(&open.stderr));
@@ -80,7 +96,12 @@ async fn wrong_type_key_is_bad_data() {
     let (show, _) = dcb(&url, &["show", "str"]).await;
     eprintln!("show: code {} stderr {}", code(&show), text(&show.stderr));
     let (list, _) = dcb(&url, &["list"]).await;
-    eprintln!("list: code {} stdout {} stderr {}", code(&list), text(&list.stdout), text(&list.stderr));
+    eprintln!(
+        "list: code {} stdout {} stderr {}",
+        code(&list),
+        text(&list.stdout),
+        text(&list.stderr)
+    );
     assert_eq!(code(&show), 1, "{}", text(&show.stderr));
 }
 
@@ -96,9 +117,18 @@ async fn unreachable_and_paused_redis_exit_1_in_bounded_time() {
     let redis = RedisServer::start();
     redis.cli(&["HSET", "dcb:{p}", "st", "0", "g", "1", "ou", "0", "fu", "0"]);
     redis.pause();
-    for args in [&["list"][..], &["show", "p"], &["open", "p", "--for", "1m"], &["watch"]] {
+    for args in [
+        &["list"][..],
+        &["show", "p"],
+        &["open", "p", "--for", "1m"],
+        &["watch"],
+    ] {
         let (out, took) = dcb(&redis.url(), args).await;
-        eprintln!("paused {args:?}: {} in {took:?}: {}", code(&out), text(&out.stderr));
+        eprintln!(
+            "paused {args:?}: {} in {took:?}: {}",
+            code(&out),
+            text(&out.stderr)
+        );
         assert_eq!(code(&out), 1, "{args:?}");
         assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
     }
@@ -129,7 +159,14 @@ async fn passwords_never_in_messages() {
         let (out, _) = dcb(url, &["list"]).await;
         let err = text(&out.stderr) + &text(&out.stdout);
         eprintln!("{url}: {} {err}", code(&out));
-        let secret = url.split("WRONG").nth(1).map(|s| format!("WRONG{}", &s[..s.find(|c: char| !c.is_ascii_alphanumeric() && c != '%').unwrap_or(s.len())]));
+        let secret = url.split("WRONG").nth(1).map(|s| {
+            format!(
+                "WRONG{}",
+                &s[..s
+                    .find(|c: char| !c.is_ascii_alphanumeric() && c != '%')
+                    .unwrap_or(s.len())]
+            )
+        });
         if let Some(secret) = secret {
             if err.contains(&secret) || err.contains(&secret.replace("%40", "@")) {
                 leaks.push(format!("{url} -> {err}"));
@@ -156,7 +193,12 @@ async fn huge_duration_reported_as_applied() {
     let redis = RedisServer::start();
     let url = redis.url();
     let (out, _) = dcb(&url, &["open", "x", "--create", "--for", "100years"]).await;
-    eprintln!("open: {} {} {}", code(&out), text(&out.stdout), text(&out.stderr));
+    eprintln!(
+        "open: {} {} {}",
+        code(&out),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert_eq!(code(&out), 0);
     let (json, _) = dcb(&url, &["--json", "show", "x"]).await;
     let v: Value = serde_json::from_slice(&json.stdout).unwrap();
@@ -175,10 +217,24 @@ async fn huge_duration_reported_as_applied() {
 async fn bad_durations_exit_2() {
     let redis = RedisServer::start();
     let url = redis.url();
-    for d in ["0s", "-5m", "10 parsecs", "", "99999999999999999999999s", "1e3s", "NaN"] {
+    for d in [
+        "0s",
+        "-5m",
+        "10 parsecs",
+        "",
+        "99999999999999999999999s",
+        "1e3s",
+        "NaN",
+    ] {
         let (out, _) = dcb(&url, &["open", "x", "--create", "--for", d]).await;
         eprintln!("--for {d:?}: {} {}", code(&out), text(&out.stderr));
-        assert_eq!(code(&out), 2, "--for {d:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            code(&out),
+            2,
+            "--for {d:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
 }
 
@@ -205,7 +261,12 @@ async fn odd_names_round_trip() {
     }
     let (out, _) = dcb(&url, &["--json", "list"]).await;
     let all: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let listed: Vec<&str> = all.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
     for name in names {
         assert!(listed.contains(&name), "{name:?} not listed: {listed:?}");
         let (out, _) = dcb(&url, &["--json", "show", "--", name]).await;
@@ -230,7 +291,19 @@ async fn key_prefix_with_glob_chars_lists() {
     let redis = RedisServer::start();
     let url = redis.url();
     for prefix in ["svc[1]", "a\\b", "p?"] {
-        let (out, _) = dcb(&url, &["--key-prefix", prefix, "open", "x", "--create", "--for", "5m"]).await;
+        let (out, _) = dcb(
+            &url,
+            &[
+                "--key-prefix",
+                prefix,
+                "open",
+                "x",
+                "--create",
+                "--for",
+                "5m",
+            ],
+        )
+        .await;
         assert_eq!(code(&out), 0, "{prefix}: {}", text(&out.stderr));
         let (show, _) = dcb(&url, &["--key-prefix", prefix, "--json", "show", "x"]).await;
         eprintln!("{prefix} show: {} {}", code(&show), text(&show.stdout));
@@ -270,7 +343,11 @@ async fn forced_open_until_reset_retry_after_and_reset_reaches_all() {
         match r.map_err(BreakerError::from) {
             Err(BreakerError::Open(e)) => {
                 eprintln!("retry_after {:?} state {:?}", e.retry_after(), e.state());
-                assert!(e.retry_after() >= Duration::from_secs(55), "{:?}", e.retry_after());
+                assert!(
+                    e.retry_after() >= Duration::from_secs(55),
+                    "{:?}",
+                    e.retry_after()
+                );
             }
             other => panic!("not rejected: {:?}", other.is_ok()),
         }
@@ -302,7 +379,11 @@ async fn forced_for_expires_everywhere() {
     }
     tokio::time::sleep(Duration::from_millis(1700)).await;
     for i in &fleet {
-        assert_eq!(i.call().await, Call::Ok, "forced state did not expire on an instance");
+        assert_eq!(
+            i.call().await,
+            Call::Ok,
+            "forced state did not expire on an instance"
+        );
     }
 }
 
@@ -336,12 +417,30 @@ async fn watch_survives_redis_restart() {
     if let Ok(Some(status)) = child.try_wait() {
         let mut err = String::new();
         use tokio::io::AsyncReadExt;
-        child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
         panic!("watch ended on a Redis restart with {status}: {err}");
     }
     let mut seen = None;
     for attempt in 0..10 {
-        let (out, _) = dcb(&url, &["open", "w", "--create", "--for", "1m", "--reason", &format!("after {attempt}")]).await;
+        let (out, _) = dcb(
+            &url,
+            &[
+                "open",
+                "w",
+                "--create",
+                "--for",
+                "1m",
+                "--reason",
+                &format!("after {attempt}"),
+            ],
+        )
+        .await;
         assert_eq!(code(&out), 0, "{}", text(&out.stderr));
         if let Ok(line) = tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
             seen = Some(line);
@@ -384,9 +483,20 @@ async fn retry_after_header_forced_until_reset() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let open = reject(&i).await.expect("rejected");
     let resp = open.clone().into_response();
-    let header = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-    eprintln!("retry_after {:?} header {header:?} status {}", open.retry_after(), resp.status());
-    assert_eq!(header.as_deref(), Some("60"), "README: the 503's Retry-After is a minute");
+    let header = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    eprintln!(
+        "retry_after {:?} header {header:?} status {}",
+        open.retry_after(),
+        resp.status()
+    );
+    assert_eq!(
+        header.as_deref(),
+        Some("60"),
+        "README: the 503's Retry-After is a minute"
+    );
 }
 
 /// The pub/sub connection of an instance is killed (Redis stays up): a
@@ -426,7 +536,10 @@ async fn reset_reaches_instance_whose_subscription_died() {
         if all {
             break 'outer;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "reset not seen after 5 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "reset not seen after 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("reset seen after {:?}", start.elapsed());
@@ -482,17 +595,45 @@ async fn forced_closed_and_disabled_semantics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_without_scan() {
     let redis = RedisServer::start();
-    redis.cli(&["ACL", "SETUSER", "ops", "on", ">opspw", "~*", "&*", "+@all", "-scan"]);
+    redis.cli(&[
+        "ACL", "SETUSER", "ops", "on", ">opspw", "~*", "&*", "+@all", "-scan",
+    ]);
     redis.cli(&["HSET", "dcb:{a}", "st", "0", "g", "1", "ou", "0", "fu", "0"]);
     let url = format!("redis://ops:opspw@127.0.0.1:{}", redis.port());
     let (out, _) = dcb(&url, &["list"]).await;
-    eprintln!("acl list: {} {} {}", code(&out), text(&out.stdout), text(&out.stderr));
+    eprintln!(
+        "acl list: {} {} {}",
+        code(&out),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert_eq!(code(&out), 1);
     assert!(!text(&out.stderr).contains("opspw"));
-    redis.cli(&["ACL", "SETUSER", "ro", "on", ">ropw", "~*", "&*", "+@read", "+@connection", "+time", "+scan", "+subscribe", "+evalsha", "+eval", "+script"]);
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "ro",
+        "on",
+        ">ropw",
+        "~*",
+        "&*",
+        "+@read",
+        "+@connection",
+        "+time",
+        "+scan",
+        "+subscribe",
+        "+evalsha",
+        "+eval",
+        "+script",
+    ]);
     let url = format!("redis://ro:ropw@127.0.0.1:{}", redis.port());
     let (out, _) = dcb(&url, &["open", "a", "--for", "1m"]).await;
-    eprintln!("ro open: {} {} {}", code(&out), text(&out.stdout), text(&out.stderr));
+    eprintln!(
+        "ro open: {} {} {}",
+        code(&out),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert_eq!(code(&out), 1);
 }
 
@@ -502,7 +643,16 @@ async fn json_for_every_command() {
     let redis = RedisServer::start();
     let url = redis.url();
     for args in [
-        &["--json", "open", "j", "--create", "--for", "1m", "--reason", "a \"quoted\" \\ reason\nwith newline\u{7}"][..],
+        &[
+            "--json",
+            "open",
+            "j",
+            "--create",
+            "--for",
+            "1m",
+            "--reason",
+            "a \"quoted\" \\ reason\nwith newline\u{7}",
+        ][..],
         &["--json", "close", "j", "--for", "1m"],
         &["--json", "disable", "j"],
         &["--json", "show", "j"],
@@ -529,8 +679,14 @@ async fn lookalike_names() {
     }
     let (out, _) = dcb(&url, &["list"]).await;
     println!("{}", text(&out.stdout));
-    let rows = text(&out.stdout).lines().filter(|l| l.contains("payments")).count();
-    assert!(rows <= 1, "look-alike names accepted: {rows} rows show `payments`");
+    let rows = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("payments"))
+        .count();
+    assert!(
+        rows <= 1,
+        "look-alike names accepted: {rows} rows show `payments`"
+    );
 }
 
 /// A read-only ACL user (everything but writes and PUBLISH) cannot even
@@ -539,19 +695,28 @@ async fn lookalike_names() {
 async fn read_only_acl_user_can_list() {
     let redis = RedisServer::start();
     redis.cli(&["HSET", "dcb:{a}", "st", "0", "g", "1", "ou", "0", "fu", "0"]);
-    redis.cli(&["ACL", "SETUSER", "viewer", "on", ">viewpw", "~*", "&*", "+@all", "-@write", "-publish"]);
+    redis.cli(&[
+        "ACL", "SETUSER", "viewer", "on", ">viewpw", "~*", "&*", "+@all", "-@write", "-publish",
+    ]);
     let url = format!("redis://viewer:viewpw@127.0.0.1:{}", redis.port());
     let mut failures = Vec::new();
     for args in [&["list"][..], &["show", "a"]] {
         let (out, _) = dcb(&url, args).await;
-        eprintln!("viewer {args:?}: {} {} {}", code(&out), text(&out.stdout), text(&out.stderr));
+        eprintln!(
+            "viewer {args:?}: {} {} {}",
+            code(&out),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         if code(&out) != 0 {
             failures.push(format!("{args:?}: {}", text(&out.stderr)));
         }
     }
-    assert!(failures.is_empty(), "read-only user refused reads: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "read-only user refused reads: {failures:#?}"
+    );
 }
-
 
 async fn cluster_with_dead_master(dead: usize) -> (Output, String, RedisCluster) {
     let mut cluster = RedisCluster::start();
@@ -560,7 +725,10 @@ async fn cluster_with_dead_master(dead: usize) -> (Output, String, RedisCluster)
     let store = RedisStore::connect_cluster(&nodes).await.unwrap();
     for i in 0..30 {
         let name = BreakerName::new(format!("svc-{i}")).unwrap();
-        store.force(&name, &Policy::default(), Force::Open(None)).await.unwrap();
+        store
+            .force(&name, &Policy::default(), Force::Open(None))
+            .await
+            .unwrap();
     }
     let lost = cluster.nodes[dead].cli(&["DBSIZE"]);
     // Production clusters often serve what they can when a shard is down.
@@ -569,9 +737,17 @@ async fn cluster_with_dead_master(dead: usize) -> (Output, String, RedisCluster)
     }
     cluster.nodes[dead].kill();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let live: Vec<String> = (0..3).filter(|i| *i != dead).map(|i| urls[i].clone()).collect();
+    let live: Vec<String> = (0..3)
+        .filter(|i| *i != dead)
+        .map(|i| urls[i].clone())
+        .collect();
     let (out, took) = dcb(&live.join(","), &["--cluster", "--json", "list"]).await;
-    eprintln!("list with master {dead} dead: {} in {took:?}: {} {}", code(&out), text(&out.stdout), text(&out.stderr));
+    eprintln!(
+        "list with master {dead} dead: {} in {took:?}: {} {}",
+        code(&out),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     (out, lost, cluster)
 }
 
@@ -595,13 +771,29 @@ async fn cluster_dcb_usable_when_an_unrelated_shard_is_down() {
     let (out, _lost, cluster) = cluster_with_dead_master(2).await;
     let live = format!("{},{}", cluster.nodes[0].url(), cluster.nodes[1].url());
     // A breaker on a live shard.
-    let name = (0..30).map(|i| format!("svc-{i}")).find(|n| {
-        let owner = cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", &format!("dcb:{{{n}}}")]);
-        owner.trim().parse::<u16>().map(|s| s < 10923).unwrap_or(false)
-    }).unwrap();
+    let name = (0..30)
+        .map(|i| format!("svc-{i}"))
+        .find(|n| {
+            let owner = cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", &format!("dcb:{{{n}}}")]);
+            owner
+                .trim()
+                .parse::<u16>()
+                .map(|s| s < 10923)
+                .unwrap_or(false)
+        })
+        .unwrap();
     let (reset, _) = dcb(&live, &["--cluster", "reset", &name]).await;
-    eprintln!("reset {name} on a live shard: {} {}", code(&reset), text(&reset.stderr));
-    assert_eq!(code(&reset), 0, "reset of {name} (live shard) failed: {}", text(&reset.stderr));
+    eprintln!(
+        "reset {name} on a live shard: {} {}",
+        code(&reset),
+        text(&reset.stderr)
+    );
+    assert_eq!(
+        code(&reset),
+        0,
+        "reset of {name} (live shard) failed: {}",
+        text(&reset.stderr)
+    );
     let _ = out;
 }
 
@@ -624,13 +816,21 @@ async fn expired_forced_state_note_and_watch() {
     // A fleet with traffic on it.
     let up = Dependency::new();
     let i = Instance::connect_with(&url, "exp", &up, StoreFailure::Local).await;
-    let (out, _) = dcb(&url, &["open", "exp", "--create", "--for", "1s", "--reason", "short", "--actor", "alice"]).await;
+    let (out, _) = dcb(
+        &url,
+        &[
+            "open", "exp", "--create", "--for", "1s", "--reason", "short", "--actor", "alice",
+        ],
+    )
+    .await;
     assert_eq!(code(&out), 0);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(4);
     while Instant::now() < deadline {
         let _ = i.call().await;
-        if let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await {
+        if let Ok(Ok(Some(l))) =
+            tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await
+        {
             seen.push(l);
         }
     }
@@ -641,7 +841,11 @@ async fn expired_forced_state_note_and_watch() {
     eprintln!("{}", text(&table.stdout));
     if v.is_object() {
         assert_ne!(v["state"], "forced_open");
-        assert_eq!(v["forced_by"], Value::Null, "stale note on an expired forced state: {v}");
+        assert_eq!(
+            v["forced_by"],
+            Value::Null,
+            "stale note on an expired forced state: {v}"
+        );
     }
     assert!(
         seen.iter().any(|l| l.contains("\"from\":\"forced_open\"")),
@@ -711,7 +915,9 @@ async fn watch_from_state_after_resync() {
     for _ in 0..10 {
         let (out, _) = dcb(&url, &["open", "r", "--create", "--for", "1m"]).await;
         assert_eq!(code(&out), 0);
-        if let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+        if let Ok(Ok(Some(l))) =
+            tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await
+        {
             line = Some(l);
             break;
         }
@@ -719,5 +925,8 @@ async fn watch_from_state_after_resync() {
     let line = line.expect("a line");
     eprintln!("{line}");
     let v: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["from"], "closed", "Redis came back empty; `r` had no record: {line}");
+    assert_eq!(
+        v["from"], "closed",
+        "Redis came back empty; `r` had no record: {line}"
+    );
 }

@@ -99,7 +99,6 @@ fn opened(e: &Event) -> bool {
     matches!(e, Event::Transition(t) if t.to == State::Open)
 }
 
-
 fn rejected_count(m: &Member) -> u64 {
     m.events
         .lock()
@@ -125,18 +124,19 @@ async fn attack_a_health_check_that_panics_once_never_checks_again() {
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
-    let layer = DistributedCircuitBreakerLayer::new("attack-health-panic", Policy::default(), store)
-        .unwrap()
-        .health_check(interval, move || {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n == 0 {
-                    panic!("transient bug in the user's check");
+    let layer =
+        DistributedCircuitBreakerLayer::new("attack-health-panic", Policy::default(), store)
+            .unwrap()
+            .health_check(interval, move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        panic!("transient bug in the user's check");
+                    }
+                    true
                 }
-                true
-            }
-        })
-        .unwrap();
+            })
+            .unwrap();
     let member = Member::new(layer, &dependency);
     traffic(std::slice::from_ref(&member), Duration::from_millis(1_100)).await;
     member
@@ -213,15 +213,25 @@ async fn listener_attack(bad: Bad) {
     // Healthy traffic on both.
     let until = tokio::time::Instant::now() + Duration::from_millis(1_200);
     while tokio::time::Instant::now() < until {
-        let _ = ServiceExt::<()>::ready(&mut svc_a).await.unwrap().call(()).await;
+        let _ = ServiceExt::<()>::ready(&mut svc_a)
+            .await
+            .unwrap()
+            .call(())
+            .await;
         let _ = b.call().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // B forces a short break and resets it: A hears the transitions, and its
     // listener panics on the first.
     let breaker = b.layer.breaker();
-    breaker.force(Force::OpenThenProbe(Duration::from_secs(5))).await.unwrap();
-    eventually("A's listener was called", || panicked.load(Ordering::SeqCst) >= 1).await;
+    breaker
+        .force(Force::OpenThenProbe(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    eventually("A's listener was called", || {
+        panicked.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     breaker.force(Force::Reset).await.unwrap();
     eventually("B closed", || b.state() == State::Closed).await;
@@ -289,7 +299,11 @@ async fn attack_ten_instances_every_fleet_transition_once() {
     fleet.sort_by_key(|f| f.0);
     let mut gens: Vec<u64> = fleet.iter().map(|f| f.0).collect();
     gens.dedup();
-    assert_eq!(gens.len(), fleet.len(), "a fleet transition told twice: {fleet:?}");
+    assert_eq!(
+        gens.len(),
+        fleet.len(),
+        "a fleet transition told twice: {fleet:?}"
+    );
     // The chain is connected: each from is the previous to.
     for w in fleet.windows(2) {
         assert_eq!(w[0].2, w[1].1, "a fleet transition never told: {fleet:?}");
@@ -328,7 +342,10 @@ async fn attack_rejected_counts_equal_the_rejections_seen() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let told: Vec<u64> = members.iter().map(rejected_count).collect();
     assert!(seen.iter().sum::<u64>() > 100, "{seen:?}");
-    assert_eq!(told, seen, "Rejected counts (told) vs rejections the callers saw");
+    assert_eq!(
+        told, seen,
+        "Rejected counts (told) vs rejections the callers saw"
+    );
     // "at most once per sync interval per state met": about 4.5 s of
     // rejecting and delivering, so at most 6 per state per instance.
     for m in &members {
@@ -353,18 +370,28 @@ async fn attack_no_health_check_while_forced_open() {
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
-    let layer = DistributedCircuitBreakerLayer::new("attack-health-forced", Policy::default(), store)
-        .unwrap()
-        .health_check(interval, move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { true }
-        })
-        .unwrap();
+    let layer =
+        DistributedCircuitBreakerLayer::new("attack-health-forced", Policy::default(), store)
+            .unwrap()
+            .health_check(interval, move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { true }
+            })
+            .unwrap();
     let member = Member::new(layer, &dependency);
     traffic(std::slice::from_ref(&member), Duration::from_millis(1_100)).await;
-    member.layer.breaker().force(Force::Open(Some(Duration::from_secs(60)))).await.unwrap();
+    member
+        .layer
+        .breaker()
+        .force(Force::Open(Some(Duration::from_secs(60))))
+        .await
+        .unwrap();
     tokio::time::sleep(interval * 10).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 0, "a check ran while forced open");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "a check ran while forced open"
+    );
     assert_ne!(member.state(), State::HalfOpen);
     assert_ne!(member.state(), State::Closed);
 }
@@ -388,7 +415,12 @@ async fn health_with_garbage(name: &str, garbage: &[&[&str]]) -> (usize, State) 
     for cmd in garbage {
         eprintln!("{cmd:?} -> {}", redis.cli(cmd));
     }
-    member.layer.breaker().force(Force::OpenThenProbe(Duration::from_secs(60))).await.unwrap();
+    member
+        .layer
+        .breaker()
+        .force(Force::OpenThenProbe(Duration::from_secs(60)))
+        .await
+        .unwrap();
     // Ten intervals: well past the three-interval lease.
     tokio::time::sleep(interval * 10).await;
     (runs.load(Ordering::SeqCst), member.state())
@@ -402,7 +434,10 @@ async fn attack_turn_key_not_a_number() {
         &[&["SET", "dcb:{attack-g1}:health", "notanumber"]],
     )
     .await;
-    assert!(runs >= 1 && state == State::HalfOpen, "runs {runs}, state {state:?}");
+    assert!(
+        runs >= 1 && state == State::HalfOpen,
+        "runs {runs}, state {state:?}"
+    );
 }
 
 /// Garbage in the turn key: the wrong type.
@@ -413,7 +448,10 @@ async fn attack_turn_key_wrong_type() {
         &[&["RPUSH", "dcb:{attack-g2}:health", "a", "b"]],
     )
     .await;
-    assert!(runs >= 1 && state == State::HalfOpen, "runs {runs}, state {state:?}");
+    assert!(
+        runs >= 1 && state == State::HalfOpen,
+        "runs {runs}, state {state:?}"
+    );
 }
 
 /// Garbage in the turn key: a holder id nobody has, without expiry (a key
@@ -421,12 +459,12 @@ async fn attack_turn_key_wrong_type() {
 /// intervals after its holder stops".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_turn_key_foreign_holder_without_expiry() {
-    let (runs, state) = health_with_garbage(
-        "attack-g3",
-        &[&["SET", "dcb:{attack-g3}:health", "4096"]],
-    )
-    .await;
-    assert!(runs >= 1 && state == State::HalfOpen, "runs {runs}, state {state:?}");
+    let (runs, state) =
+        health_with_garbage("attack-g3", &[&["SET", "dcb:{attack-g3}:health", "4096"]]).await;
+    assert!(
+        runs >= 1 && state == State::HalfOpen,
+        "runs {runs}, state {state:?}"
+    );
 }
 
 /// A check that hangs forever once, then answers healthy: "none within
@@ -461,7 +499,11 @@ async fn attack_a_health_check_that_hangs_once() {
         .unwrap();
     tokio::time::sleep(interval * 15).await;
     let ran = runs.load(Ordering::SeqCst);
-    assert!(ran >= 2 && member.state() != State::Open, "{ran} {:?}", member.state());
+    assert!(
+        ran >= 2 && member.state() != State::Open,
+        "{ran} {:?}",
+        member.state()
+    );
 }
 
 /// Keyed layers: five instances, two keys tripping together. Each key's
@@ -537,7 +579,13 @@ async fn attack_keyed_fleet_transitions_once_per_key_with_the_key_s_name() {
     }
     let names: std::collections::BTreeSet<String> = heards
         .iter()
-        .flat_map(|h| h.lock().unwrap().iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())
+        .flat_map(|h| {
+            h.lock()
+                .unwrap()
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert!(
         names.iter().all(|n| n.starts_with("attack-keyed/tenant-")),
@@ -572,7 +620,10 @@ async fn attack_trip_while_redis_paused_is_told_at_most_once() {
         }
     }
     fleet.sort_by_key(|f| f.0);
-    eprintln!("fleet transitions: {fleet:?}; states {:?}", members.iter().map(Member::state).collect::<Vec<_>>());
+    eprintln!(
+        "fleet transitions: {fleet:?}; states {:?}",
+        members.iter().map(Member::state).collect::<Vec<_>>()
+    );
     let mut gens: Vec<u64> = fleet.iter().map(|f| f.0).collect();
     gens.dedup();
     assert_eq!(gens.len(), fleet.len(), "told twice: {fleet:?}");
@@ -595,12 +646,33 @@ async fn attack_forced_states_told_once() {
     let dependency = Dependency::new();
     let members = fleet(&redis, "attack-forced", 10, &dependency).await;
     traffic(&members, Duration::from_millis(1_200)).await;
-    members[0].layer.breaker().force(Force::Open(Some(Duration::from_secs(30)))).await.unwrap();
-    eventually("all forced open", || members.iter().all(|m| m.state() == State::ForcedOpen)).await;
-    members[1].layer.breaker().force(Force::Open(Some(Duration::from_secs(60)))).await.unwrap();
+    members[0]
+        .layer
+        .breaker()
+        .force(Force::Open(Some(Duration::from_secs(30))))
+        .await
+        .unwrap();
+    eventually("all forced open", || {
+        members.iter().all(|m| m.state() == State::ForcedOpen)
+    })
+    .await;
+    members[1]
+        .layer
+        .breaker()
+        .force(Force::Open(Some(Duration::from_secs(60))))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    members[2].layer.breaker().force(Force::Reset).await.unwrap();
-    eventually("all closed", || members.iter().all(|m| m.state() == State::Closed)).await;
+    members[2]
+        .layer
+        .breaker()
+        .force(Force::Reset)
+        .await
+        .unwrap();
+    eventually("all closed", || {
+        members.iter().all(|m| m.state() == State::Closed)
+    })
+    .await;
     traffic(&members, Duration::from_millis(1_200)).await;
     let mut fleet = Vec::new();
     for (i, m) in members.iter().enumerate() {
@@ -625,16 +697,25 @@ async fn attack_forced_states_told_once() {
             .collect();
         assert_eq!(
             ts,
-            vec![(State::Closed, State::ForcedOpen), (State::ForcedOpen, State::Closed)],
+            vec![
+                (State::Closed, State::ForcedOpen),
+                (State::ForcedOpen, State::Closed)
+            ],
             "instance {i}"
         );
     }
-    let forced: usize = members.iter().map(|m| m.count(|e| matches!(e, Event::Forced { .. }))).sum();
+    let forced: usize = members
+        .iter()
+        .map(|m| m.count(|e| matches!(e, Event::Forced { .. })))
+        .sum();
     assert_eq!(forced, 3, "one Forced per command sent");
     // Last: README, dcb_fleet_transitions_total is "each counted by one
     // instance: summed over the fleet, the breaker's real transitions", and
     // the cause rules include `operator`.
-    assert_eq!(fleet_told, 2, "closed->forced open, forced open->closed told as fleet transitions: {fleet:?}");
+    assert_eq!(
+        fleet_told, 2,
+        "closed->forced open, forced open->closed told as fleet transitions: {fleet:?}"
+    );
 }
 
 /// The holder's Redis connection hangs (blackholed): the turn goes to
@@ -660,7 +741,10 @@ async fn attack_health_turn_handed_on_when_the_holder_s_connection_hangs() {
         .force(Force::OpenThenProbe(Duration::from_secs(60)))
         .await
         .unwrap();
-    eventually("instance 0 checks", || checks[0].load(Ordering::SeqCst) >= 1).await;
+    eventually("instance 0 checks", || {
+        checks[0].load(Ordering::SeqCst) >= 1
+    })
+    .await;
     for _ in 0..3 {
         let (l, c) = failing_check(&redis.url(), name, interval).await;
         checks.push(c);
@@ -677,7 +761,13 @@ async fn attack_health_turn_handed_on_when_the_holder_s_connection_hangs() {
     let next: Vec<usize> = (1..4)
         .filter(|i| checks[*i].load(Ordering::SeqCst) > before[*i])
         .collect();
-    eprintln!("before {before:?} after {:?}", checks.iter().map(|c| c.load(Ordering::SeqCst)).collect::<Vec<_>>());
+    eprintln!(
+        "before {before:?} after {:?}",
+        checks
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(next.len(), 1, "one new holder: {next:?}");
     // The turn stays with the new holder: then more checks, one instance.
     let mid: Vec<usize> = checks.iter().map(|c| c.load(Ordering::SeqCst)).collect();
@@ -746,8 +836,14 @@ async fn attack_cancelled_probes_are_finished() {
         traffic(&members, Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let started: usize = members.iter().map(|m| m.count(|e| matches!(e, Event::ProbeStarted { .. }))).sum();
-    let finished: usize = members.iter().map(|m| m.count(|e| matches!(e, Event::ProbeFinished { .. }))).sum();
+    let started: usize = members
+        .iter()
+        .map(|m| m.count(|e| matches!(e, Event::ProbeStarted { .. })))
+        .sum();
+    let finished: usize = members
+        .iter()
+        .map(|m| m.count(|e| matches!(e, Event::ProbeFinished { .. })))
+        .sum();
     let cancelled: usize = members
         .iter()
         .map(|m| m.count(|e| matches!(e, Event::ProbeFinished { result, .. } if format!("{result:?}") == "Cancelled")))
@@ -774,7 +870,11 @@ async fn attack_degraded_enter_leave_once_per_episode() {
         for (i, m) in members.iter().enumerate() {
             let entered = m.count(|e| matches!(e, Event::DegradedEntered { .. }));
             let left = m.count(|e| matches!(e, Event::DegradedLeft { .. }));
-            assert_eq!((entered, left), (episode, episode), "instance {i}, episode {episode}");
+            assert_eq!(
+                (entered, left),
+                (episode, episode),
+                "instance {i}, episode {episode}"
+            );
         }
     }
     for m in &members {

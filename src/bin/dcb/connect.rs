@@ -5,8 +5,10 @@ use distributed_circuit_breaker::RedisStore;
 use crate::args::{exit, Connection};
 use crate::Failure;
 
-pub(crate) async fn connect(c: &Connection) -> Result<RedisStore, Failure> {
+/// `read_only`: for commands that only read (see `RedisStoreBuilder::read_only`).
+pub(crate) async fn connect(c: &Connection, read_only: bool) -> Result<RedisStore, Failure> {
     let mut builder = RedisStore::builder()
+        .read_only(read_only)
         .prefix(&c.key_prefix)
         .connect_timeout(c.connect_timeout)
         .response_timeout(c.connect_timeout);
@@ -72,7 +74,11 @@ pub(crate) fn secrets(urls: &str) -> Vec<String> {
         if let Some(at) = url[start..].rfind('@') {
             let credentials = &url[start..start + at];
             // Without a colon the whole user information may be a password.
-            found.push(credentials.split_once(':').map_or(credentials, |(_, pw)| pw));
+            found.push(
+                credentials
+                    .split_once(':')
+                    .map_or(credentials, |(_, pw)| pw),
+            );
         }
         for pair in query.split('&') {
             if let Some((_, value)) = pair.split_once('=') {
@@ -111,7 +117,10 @@ fn authority_start(url: &str) -> usize {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
                 && url[i + 1..].contains('@')
-                && url[..*i].chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && url[..*i]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic())
         })
         .map_or(0, |i| i + 1);
     scheme_end + url[scheme_end..].len() - url[scheme_end..].trim_start_matches('/').len()
@@ -123,7 +132,11 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| char::from(b).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
                 i += 3;

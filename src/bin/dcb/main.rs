@@ -68,7 +68,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let store = connect::connect(&cli.connection).await?;
+    // Reading needs no write or PUBLISH rights (a read-only ACL user).
+    let read_only = matches!(
+        cli.command,
+        Command::List { .. } | Command::Show { .. } | Command::Watch { .. }
+    );
+    let store = connect::connect(&cli.connection, read_only).await?;
     match cli.command {
         Command::List { prefix, state } => list(&store, prefix, state, cli.json).await,
         Command::Show { name } => show(&store, &name, cli.json).await,

@@ -39,10 +39,12 @@ impl RedisStore {
             now => now,
         };
         let key = self.key(name);
-        let fields = fetch(&mut connection, &key).await.map_err(|e| match e.kind() {
-            StoreErrorKind::Corrupt => invalid(&key, e),
-            _ => e,
-        })?;
+        let fields = fetch(&mut connection, &key)
+            .await
+            .map_err(|e| match e.kind() {
+                StoreErrorKind::Corrupt => invalid(&key, e),
+                _ => e,
+            })?;
         match machine(&fields) {
             Ok(m) => Ok(m.map(|m| m.info(name.as_str(), now))),
             Err(Unreadable) => Err(invalid(&key, "fields missing or out of range")),
@@ -87,7 +89,11 @@ impl RedisStore {
         if !unreadable.is_empty() {
             // Not a list without them: it would look complete.
             unreadable.sort();
-            let shown: Vec<String> = unreadable.iter().take(10).map(|n| format!("`{n}`")).collect();
+            let shown: Vec<String> = unreadable
+                .iter()
+                .take(10)
+                .map(|n| format!("`{n}`"))
+                .collect();
             let more = unreadable.len().saturating_sub(shown.len());
             return Err(StoreError::new(
                 StoreErrorKind::Corrupt,
