@@ -180,9 +180,8 @@ async fn force(
             (Action::Reset, _) => String::new(),
             _ if info.forced_until_reset => " until reset".to_owned(),
             (_, Some(asked)) if kept + Duration::from_secs(2) < asked => format!(
-                " for {} (the store's limit; {} was asked)",
-                ops::format_duration(kept),
-                ops::format_duration(asked)
+                " for {} (the longest the store keeps a forced state)",
+                ops::format_duration(kept)
             ),
             (_, Some(asked)) => format!(" for {}", ops::format_duration(asked)),
             (_, None) if kept.is_zero() => String::new(),
