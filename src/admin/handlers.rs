@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{auth, query, Shared};
 use crate::ops::{self, Action, ApplyError};
-use crate::store::{BreakerName, ForceNote, StoreErrorKind};
+use crate::store::{BreakerInfo, BreakerName, ForceNote, StoreError, StoreErrorKind};
 
 /// The actor of a command that names none.
 const DEFAULT_ACTOR: &str = "admin-api";
@@ -55,7 +55,7 @@ pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Res
             None => return error(StatusCode::BAD_REQUEST, format!("unknown state `{word}`")),
         },
     };
-    match shared.store.list_info().await {
+    match list_all(&shared).await {
         Ok(all) => {
             let listed: Vec<Value> = all
                 .iter()
@@ -67,6 +67,30 @@ pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Res
         }
         Err(e) => store_error(&e),
     }
+}
+
+/// A read of every breaker (or its failure), and when it began.
+#[derive(Debug)]
+pub(super) struct Listed {
+    began: tokio::time::Instant,
+    answer: Result<Arc<Vec<BreakerInfo>>, StoreError>,
+}
+
+/// Every breaker, read after this call began: concurrent callers share one
+/// read of the store (one at a time), failures included.
+async fn list_all(shared: &Shared) -> Result<Arc<Vec<BreakerInfo>>, StoreError> {
+    let arrived = tokio::time::Instant::now();
+    let mut last = shared.last_list.lock().await;
+    if let Some(listed) = last.as_ref().filter(|l| l.began >= arrived) {
+        return listed.answer.clone();
+    }
+    let began = tokio::time::Instant::now();
+    let answer = shared.store.list_info().await.map(Arc::new);
+    *last = Some(Listed {
+        began,
+        answer: answer.clone(),
+    });
+    answer
 }
 
 fn breaker_name(text: &str) -> Result<BreakerName, Refusal> {

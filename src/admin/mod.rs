@@ -14,6 +14,10 @@
 //! when no token is configured or the API is read-only. Reads need none:
 //! mount the router where only operators reach it.
 //!
+//! Reading every breaker is one `list_info` of the store however many
+//! dashboards ask at once: requests that arrive while a read is under way
+//! get the next one (never one that began before they arrived).
+//!
 //! ```
 //! use distributed_circuit_breaker::admin::{self, AdminConfig};
 //! use distributed_circuit_breaker::MemoryStore;
@@ -47,6 +51,9 @@ use crate::store::Store;
 struct Shared {
     store: Arc<dyn Store>,
     config: AdminConfig,
+    /// The last read of every breaker and when it began: requests that
+    /// arrived before it began share it (dashboards re-read together).
+    last_list: tokio::sync::Mutex<Option<handlers::Listed>>,
 }
 
 /// The admin API and dashboard over `store`, configured by `config`.
@@ -54,6 +61,7 @@ pub fn router<S: Store>(store: S, config: AdminConfig) -> Router {
     let shared = Arc::new(Shared {
         store: Arc::new(store),
         config,
+        last_list: tokio::sync::Mutex::new(None),
     });
     Router::new()
         .route("/", get(dashboard::page))

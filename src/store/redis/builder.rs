@@ -87,8 +87,8 @@ impl RedisStoreBuilder {
     }
 
     /// Connects for reading only (off by default): connecting then checks
-    /// only that the server answers (`TIME`), not that this user may run the
-    /// scripts, write breakers and `PUBLISH` transitions. Such a store can
+    /// only that this user may read keys under the prefix (`EXISTS`), not
+    /// that it may run the scripts, write breakers and `PUBLISH` transitions. Such a store can
     /// read ([`Store::info`](crate::Store::info), [`Store::list_info`](crate::Store::list_info),
     /// `snapshot`), list and watch ([`Store::subscribe`](crate::Store::subscribe)),
     /// so a Redis user without write or publish rights (ACL `-@write -publish`)

@@ -36,21 +36,3 @@ pub(super) fn map_error(error: RedisError) -> StoreError {
     }
     StoreError::new(kind, error.to_string())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn noperm_is_refused_and_says_so() {
-        let error = RedisError::from((
-            redis::ErrorKind::ExtensionError,
-            "NOPERM",
-            "User viewer has no permissions to run the 'publish' command".to_owned(),
-        ));
-        assert_eq!(error.code(), Some("NOPERM"));
-        let mapped = map_error(error);
-        assert_eq!(mapped.kind(), StoreErrorKind::Refused);
-        assert!(mapped.to_string().contains("not allowed"), "{mapped}");
-    }
-}

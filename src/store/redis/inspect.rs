@@ -15,8 +15,11 @@ const FIELDS: [&str; 11] = [
     "st", "g", "ou", "fu", "cf", "bm", "w", "fr", "fa", "ft", "fg",
 ];
 
-/// How many breakers are read at once while listing.
-const CONCURRENCY: usize = 64;
+/// How many reads are in flight at once while listing.
+const CONCURRENCY: usize = 16;
+
+/// How many breakers one read asks for (on one server).
+const BATCH: usize = 100;
 
 impl RedisStore {
     /// One breaker; `None` without a record (or with one this client cannot read).
@@ -57,15 +60,28 @@ impl RedisStore {
         let mut connection = self.inner.connection.clone();
         let now = server_time(&mut connection).await?;
         let head = format!("{}:{{", self.inner.prefix);
-        let reads = keys.into_iter().filter_map(|key| {
-            let name = key.strip_prefix(&head)?.strip_suffix('}')?.to_owned();
-            let mut connection = connection.clone();
-            Some(async move {
-                let fields = fetch(&mut connection, &key).await;
-                (name, fields)
+        let named: Vec<(String, String)> = keys
+            .into_iter()
+            .filter_map(|key| {
+                let name = key.strip_prefix(&head)?.strip_suffix('}')?.to_owned();
+                Some((name, key))
             })
+            .collect();
+        // On one server, many `HMGET`s per round trip (dashboards re-read
+        // thousands of breakers every few seconds); on a cluster, one each
+        // (the keys live on different masters).
+        let batch = match connection {
+            Connection::Cluster(_) => 1,
+            _ => BATCH,
+        };
+        let chunks: Vec<Vec<(String, String)>> = named.chunks(batch).map(<[_]>::to_vec).collect();
+        let reads = chunks.into_iter().map(|chunk| {
+            let mut connection = connection.clone();
+            async move { fetch_all(&mut connection, &chunk).await }
         });
-        let mut replies = futures_util::stream::iter(reads).buffer_unordered(CONCURRENCY);
+        let mut replies = futures_util::stream::iter(reads)
+            .buffer_unordered(CONCURRENCY)
+            .flat_map(futures_util::stream::iter);
         let mut all = Vec::new();
         let mut unreadable = Vec::new();
         while let Some((name, fields)) = replies.next().await {
@@ -115,6 +131,56 @@ impl RedisStore {
 async fn server_time(connection: &mut Connection) -> Result<u64, StoreError> {
     let (secs, micros): (u64, u64) = connection.query(redis::cmd("TIME")).await?;
     Ok(secs * 1000 + micros / 1000)
+}
+
+/// The fields of every `(name, key)`, one round trip for all of them (one
+/// key at a time again if one of them holds another type).
+async fn fetch_all(
+    connection: &mut Connection,
+    chunk: &[(String, String)],
+) -> Vec<(String, Result<Vec<Option<String>>, StoreError>)> {
+    if let [(name, key)] = chunk {
+        return vec![(name.clone(), fetch(connection, key).await)];
+    }
+    let mut pipe = redis::pipe();
+    for (_, key) in chunk {
+        pipe.cmd("HMGET").arg(key).arg(&FIELDS[..]);
+    }
+    match connection
+        .query_pipe::<Vec<Vec<Option<String>>>>(&pipe)
+        .await
+    {
+        Ok(replies) if replies.len() == chunk.len() => chunk
+            .iter()
+            .zip(replies)
+            .map(|((name, _), fields)| (name.clone(), Ok(fields)))
+            .collect(),
+        Ok(_) => chunk
+            .iter()
+            .map(|(name, _)| {
+                (
+                    name.clone(),
+                    Err(super::corrupt(
+                        "a pipeline's replies do not match its commands",
+                    )),
+                )
+            })
+            .collect(),
+        Err(e) => {
+            let e = map_error(e);
+            if e.kind() != StoreErrorKind::Corrupt {
+                return chunk
+                    .iter()
+                    .map(|(name, _)| (name.clone(), Err(e.clone())))
+                    .collect();
+            }
+            let mut each = Vec::with_capacity(chunk.len());
+            for (name, key) in chunk {
+                each.push((name.clone(), fetch(connection, key).await));
+            }
+            each
+        }
+    }
 }
 
 async fn fetch(connection: &mut Connection, key: &str) -> Result<Vec<Option<String>>, StoreError> {

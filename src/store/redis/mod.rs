@@ -105,6 +105,18 @@ impl Connection {
         }
     }
 
+    /// A pipeline (one server: the keys of a cluster may live apart).
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Connection::Single(c) => pipe.query_async(c).await,
+            Connection::Sentinel(p) => p.observe(pipe.query_async(&mut p.manager()).await),
+            Connection::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
     /// One command, with redis-rs's own error (its code is needed).
     async fn query_raw<T: redis::FromRedisValue>(
         &mut self,

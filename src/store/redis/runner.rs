@@ -17,7 +17,7 @@ impl RedisStore {
     /// Proves at connect that this user may run what the store needs:
     /// loads the scripts, runs the read script once and `PUBLISH`es a ping.
     /// A read-only store ([`RedisStoreBuilder::read_only`](super::RedisStoreBuilder::read_only))
-    /// only asks the server's `TIME`.
+    /// only reads a key under its prefix (`EXISTS`).
     ///
     /// On a cluster, a shard that is down (the check's key may live there,
     /// `SCRIPT LOAD` goes to every master) must not stop connecting to the
@@ -26,14 +26,21 @@ impl RedisStore {
     /// a wrong password) still fail.
     pub(super) async fn check_access(&self, timeout: Duration) -> Result<(), StoreError> {
         let mut connection = self.inner.connection.clone();
-        if self.inner.read_only {
-            connection
-                .query::<(u64, u64)>(redis::cmd("TIME"))
-                .await
-                .map(drop)?;
-            return Ok(());
-        }
         let cluster = matches!(connection, Connection::Cluster(_));
+        if self.inner.read_only {
+            // May this user read the prefix's keys? (`SCAN` would just
+            // find none of them.)
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(format!("{}:{{__connect_check}}", self.inner.prefix));
+            return match connection.query::<i64>(exists).await {
+                Ok(_) => Ok(()),
+                Err(error) if cluster && error.kind() == StoreErrorKind::Unavailable => {
+                    tracing::warn!(%error, "cannot check read access now (a cluster shard is unavailable); connecting anyway");
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
+        }
         let scripts = async {
             let mut connection = self.inner.connection.clone();
             for script in self.inner.scripts.all() {
