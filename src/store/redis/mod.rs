@@ -500,6 +500,20 @@ impl Store for RedisStore {
     }
 }
 
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.inner.connection {
+            Connection::Single(_) => "single",
+            Connection::Sentinel(_) => "sentinel",
+            Connection::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("connection", &kind)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod scan_tests {
     use super::*;
@@ -526,19 +540,5 @@ e 10.0.0.5:7004@17004 slave c 0 0 3 connected
         assert_eq!(glob_escape("dcb"), "dcb");
         assert_eq!(glob_escape("svc[1]"), "svc\\[1\\]");
         assert_eq!(glob_escape("a\\b*?"), "a\\\\b\\*\\?");
-    }
-}
-
-impl fmt::Debug for RedisStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.inner.connection {
-            Connection::Single(_) => "single",
-            Connection::Sentinel(_) => "sentinel",
-            Connection::Cluster(_) => "cluster",
-        };
-        f.debug_struct("RedisStore")
-            .field("prefix", &self.inner.prefix)
-            .field("connection", &kind)
-            .finish()
     }
 }
