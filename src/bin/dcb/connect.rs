@@ -74,11 +74,12 @@ pub(crate) fn secrets(urls: &str) -> Vec<String> {
         if let Some(at) = url[start..].rfind('@') {
             let credentials = &url[start..start + at];
             // Without a colon the whole user information may be a password.
-            found.push(
-                credentials
-                    .split_once(':')
-                    .map_or(credentials, |(_, pw)| pw),
-            );
+            let password = credentials
+                .split_once(':')
+                .map_or(credentials, |(_, pw)| pw);
+            found.push(password);
+            // With more than one `@`, a parser may end the password at the first.
+            found.push(password.split('@').next().unwrap_or_default());
         }
         for pair in query.split('&') {
             if let Some((_, value)) = pair.split_once('=') {
