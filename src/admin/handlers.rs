@@ -56,8 +56,22 @@ pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Res
         },
     };
     match list_all(&shared).await {
+        // Every dashboard asks for all of them: serialized once per read.
+        Ok(all) if prefix.is_none() && wanted.is_none() => {
+            let body = all.json.get_or_init(|| {
+                let listed: Vec<Value> = all.infos.iter().map(ops::info_json).collect();
+                Bytes::from(Value::Array(listed).to_string())
+            });
+            (
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                body.clone(),
+            )
+                .into_response()
+        }
         Ok(all) => {
             let listed: Vec<Value> = all
+                .infos
                 .iter()
                 .filter(|i| prefix.as_deref().is_none_or(|p| i.name.starts_with(p)))
                 .filter(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.state)))
@@ -73,19 +87,31 @@ pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Res
 #[derive(Debug)]
 pub(super) struct Listed {
     began: tokio::time::Instant,
-    answer: Result<Arc<Vec<BreakerInfo>>, StoreError>,
+    answer: Result<Arc<Listing>, StoreError>,
+}
+
+/// Every breaker, and their JSON once a request wanted all of them.
+#[derive(Debug)]
+struct Listing {
+    infos: Vec<BreakerInfo>,
+    json: std::sync::OnceLock<Bytes>,
 }
 
 /// Every breaker, read after this call began: concurrent callers share one
 /// read of the store (one at a time), failures included.
-async fn list_all(shared: &Shared) -> Result<Arc<Vec<BreakerInfo>>, StoreError> {
+async fn list_all(shared: &Shared) -> Result<Arc<Listing>, StoreError> {
     let arrived = tokio::time::Instant::now();
     let mut last = shared.last_list.lock().await;
     if let Some(listed) = last.as_ref().filter(|l| l.began >= arrived) {
         return listed.answer.clone();
     }
     let began = tokio::time::Instant::now();
-    let answer = shared.store.list_info().await.map(Arc::new);
+    let answer = shared.store.list_info().await.map(|infos| {
+        Arc::new(Listing {
+            infos,
+            json: std::sync::OnceLock::new(),
+        })
+    });
     *last = Some(Listed {
         began,
         answer: answer.clone(),
