@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{auth, query, Shared};
 use crate::ops::{self, Action, ApplyError};
-use crate::store::{BreakerName, ForceNote, StoreErrorKind};
+use crate::store::{BreakerInfo, BreakerName, ForceNote, StoreError, StoreErrorKind};
 
 /// The actor of a command that names none.
 const DEFAULT_ACTOR: &str = "admin-api";
@@ -55,9 +55,23 @@ pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Res
             None => return error(StatusCode::BAD_REQUEST, format!("unknown state `{word}`")),
         },
     };
-    match shared.store.list_info().await {
+    match list_all(&shared).await {
+        // Every dashboard asks for all of them: serialized once per read.
+        Ok(all) if prefix.is_none() && wanted.is_none() => {
+            let body = all.json.get_or_init(|| {
+                let listed: Vec<Value> = all.infos.iter().map(ops::info_json).collect();
+                Bytes::from(Value::Array(listed).to_string())
+            });
+            (
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                body.clone(),
+            )
+                .into_response()
+        }
         Ok(all) => {
             let listed: Vec<Value> = all
+                .infos
                 .iter()
                 .filter(|i| prefix.as_deref().is_none_or(|p| i.name.starts_with(p)))
                 .filter(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.state)))
@@ -67,6 +81,42 @@ pub(super) async fn list(Extract(shared): Extract<Arc<Shared>>, uri: Uri) -> Res
         }
         Err(e) => store_error(&e),
     }
+}
+
+/// A read of every breaker (or its failure), and when it began.
+#[derive(Debug)]
+pub(super) struct Listed {
+    began: tokio::time::Instant,
+    answer: Result<Arc<Listing>, StoreError>,
+}
+
+/// Every breaker, and their JSON once a request wanted all of them.
+#[derive(Debug)]
+struct Listing {
+    infos: Vec<BreakerInfo>,
+    json: std::sync::OnceLock<Bytes>,
+}
+
+/// Every breaker, read after this call began: concurrent callers share one
+/// read of the store (one at a time), failures included.
+async fn list_all(shared: &Shared) -> Result<Arc<Listing>, StoreError> {
+    let arrived = tokio::time::Instant::now();
+    let mut last = shared.last_list.lock().await;
+    if let Some(listed) = last.as_ref().filter(|l| l.began >= arrived) {
+        return listed.answer.clone();
+    }
+    let began = tokio::time::Instant::now();
+    let answer = shared.store.list_info().await.map(|infos| {
+        Arc::new(Listing {
+            infos,
+            json: std::sync::OnceLock::new(),
+        })
+    });
+    *last = Some(Listed {
+        began,
+        answer: answer.clone(),
+    });
+    answer
 }
 
 fn breaker_name(text: &str) -> Result<BreakerName, Refusal> {
@@ -95,6 +145,9 @@ struct Body {
     create: bool,
 }
 
+/// The fields a POST body may have.
+const BODY_FIELDS: [&str; 4] = ["for", "reason", "actor", "create"];
+
 fn body(bytes: &[u8]) -> Result<Body, Refusal> {
     let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -105,6 +158,12 @@ fn body(bytes: &[u8]) -> Result<Body, Refusal> {
     let Value::Object(fields) = value else {
         return Err(bad("the body must be a JSON object".into()));
     };
+    // A typo (`duration` for `for`) must not force a breaker until reset.
+    if let Some(unknown) = fields.keys().find(|k| !BODY_FIELDS.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown field `{unknown}`: the body takes `for`, `reason`, `actor` and `create`"
+        )));
+    }
     let text = |key: &str| match fields.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),

@@ -6,13 +6,17 @@
 //! | `GET /` | the dashboard: one self-contained page, live |
 //! | `GET /breakers` | every breaker as JSON (`?prefix=..&state=..`) |
 //! | `GET /breakers/{name}` | one breaker, 404 if the store holds no record |
-//! | `POST /breakers/{name}/open` | also `close`, `disable`, `reset`; JSON body `{"for": "10m", "reason": "..", "actor": "..", "create": false}`, every field optional |
+//! | `POST /breakers/{name}/open` | also `close`, `disable`, `reset`; JSON body `{"for": "10m", "reason": "..", "actor": "..", "create": false}`, every field optional, any other field refused (400) |
 //! | `GET /events` | transitions as server-sent events (`transition`, `resync`) |
 //!
 //! Mutations need `Authorization: Bearer <token>` matching the configured
 //! token (compared in constant time): 401 without it or with another, 403
 //! when no token is configured or the API is read-only. Reads need none:
 //! mount the router where only operators reach it.
+//!
+//! Reading every breaker is one `list_info` of the store however many
+//! dashboards ask at once: requests that arrive while a read is under way
+//! get the next one (never one that began before they arrived).
 //!
 //! ```
 //! use distributed_circuit_breaker::admin::{self, AdminConfig};
@@ -47,6 +51,9 @@ use crate::store::Store;
 struct Shared {
     store: Arc<dyn Store>,
     config: AdminConfig,
+    /// The last read of every breaker and when it began: requests that
+    /// arrived before it began share it (dashboards re-read together).
+    last_list: tokio::sync::Mutex<Option<handlers::Listed>>,
 }
 
 /// The admin API and dashboard over `store`, configured by `config`.
@@ -54,6 +61,7 @@ pub fn router<S: Store>(store: S, config: AdminConfig) -> Router {
     let shared = Arc::new(Shared {
         store: Arc::new(store),
         config,
+        last_list: tokio::sync::Mutex::new(None),
     });
     Router::new()
         .route("/", get(dashboard::page))

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::store::{BreakerInfo, BreakerName, Force, ForceNote, Store, StoreError};
+use crate::store::{BreakerInfo, BreakerName, Force, ForceNote, Store, StoreError, StoreErrorKind};
 use crate::Policy;
 
 /// An operator's command to one breaker.
@@ -100,7 +100,8 @@ pub fn operator_policy() -> &'static Policy {
 
 /// Applies `action` to `name` with `note`, for `duration` (`None`: until
 /// reset), and answers the breaker as it is after. A name the store holds
-/// no record of is refused with [`ApplyError::Unknown`] unless `create`.
+/// no record of is refused with [`ApplyError::Unknown`] unless `create`; one
+/// whose record holds bad data is forced all the same (the store rewrites it).
 pub async fn apply(
     store: &dyn Store,
     name: &BreakerName,
@@ -109,8 +110,15 @@ pub async fn apply(
     note: &ForceNote,
     create: bool,
 ) -> Result<BreakerInfo, ApplyError> {
-    if !create && store.info(name).await?.is_none() {
-        return Err(ApplyError::Unknown(name.clone()));
+    if !create {
+        match store.info(name).await {
+            Ok(None) => return Err(ApplyError::Unknown(name.clone())),
+            Ok(Some(_)) => {}
+            // The breaker exists but holds bad data: forcing it rewrites it
+            // (or fails as bad data, a key of another type).
+            Err(e) if e.kind() == StoreErrorKind::Corrupt => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let snapshot = store
         .force_noted(name, operator_policy(), action.force(duration), note)

@@ -9,7 +9,10 @@ use crate::ConfigError;
 pub const MAX_NAME_LEN: usize = 200;
 
 /// The validated name of a breaker: 1 to [`MAX_NAME_LEN`] bytes, no control
-/// characters, no `{` or `}` (the Redis store wraps names in a Cluster hash tag).
+/// characters, no `{` or `}` (the Redis store wraps names in a Cluster hash tag),
+/// and no invisible formatting characters (zero-width spaces and joiners, bidi
+/// controls, the soft hyphen, the byte order mark): they would make look-alike
+/// names, a second `payments` that is not `payments`.
 ///
 /// Processes that use the same name (and store) share one breaker.
 ///
@@ -25,6 +28,12 @@ pub struct BreakerName(Arc<str>);
 
 impl BreakerName {
     /// Validates `name`.
+    ///
+    /// ```
+    /// use distributed_circuit_breaker::BreakerName;
+    ///
+    /// assert!(BreakerName::new("payments\u{200B}").is_err());
+    /// ```
     pub fn new(name: impl AsRef<str>) -> Result<Self, ConfigError> {
         let name = name.as_ref();
         if name.is_empty() {
@@ -45,6 +54,15 @@ impl BreakerName {
                 format!("must not contain {c:?} (control characters and braces are reserved)"),
             ));
         }
+        if let Some(c) = name.chars().find(|c| is_invisible(*c)) {
+            return Err(ConfigError::new(
+                "name",
+                format!(
+                    "must not contain the invisible character U+{:04X} (it makes look-alike names)",
+                    u32::from(c)
+                ),
+            ));
+        }
         Ok(Self(Arc::from(name)))
     }
 
@@ -58,6 +76,24 @@ impl BreakerName {
     pub(crate) fn shared(&self) -> Arc<str> {
         self.0.clone()
     }
+}
+
+/// Invisible formatting characters (Unicode `Cf` in common use): zero-width
+/// spaces and joiners, bidi marks, embeddings, overrides and isolates, word
+/// joiners and invisible operators, the soft hyphen, the Arabic letter mark,
+/// the Mongolian vowel separator and the byte order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 impl fmt::Debug for BreakerName {
@@ -121,5 +157,20 @@ mod tests {
         }
         assert!(BreakerName::new("a".repeat(MAX_NAME_LEN)).is_ok());
         assert!(BreakerName::new("GET /payments/:id").is_ok());
+    }
+
+    #[test]
+    fn rejects_invisible_characters() {
+        for c in [
+            '\u{00AD}', '\u{061C}', '\u{180E}', '\u{200B}', '\u{200D}', '\u{200F}', '\u{202A}',
+            '\u{202E}', '\u{2060}', '\u{2064}', '\u{2066}', '\u{2069}', '\u{FEFF}',
+        ] {
+            let err = BreakerName::new(format!("payments{c}")).unwrap_err();
+            assert_eq!(err.field(), "name", "{c:?}");
+            assert!(err.to_string().contains("invisible"), "{err}");
+            assert!(BreakerName::new(format!("{c}payments")).is_err(), "{c:?}");
+        }
+        // Visible non-ASCII stays allowed.
+        assert!(BreakerName::new("ünï©ødé 支付").is_ok());
     }
 }

@@ -17,6 +17,7 @@ mod table;
 mod watch;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use distributed_circuit_breaker::ops::{self, Action, ApplyError};
@@ -55,17 +56,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let urls = cli.connection.redis.clone();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message, code)) => {
-            eprintln!("dcb: {message}");
+            // Whatever quoted the URL, its passwords never reach the terminal.
+            eprintln!("dcb: {}", connect::scrub(&message, &urls));
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let store = connect::connect(&cli.connection).await?;
+    // Reading needs no write or PUBLISH rights (a read-only ACL user).
+    let read_only = matches!(
+        cli.command,
+        Command::List { .. } | Command::Show { .. } | Command::Watch { .. }
+    );
+    let store = connect::connect(&cli.connection, read_only).await?;
     match cli.command {
         Command::List { prefix, state } => list(&store, prefix, state, cli.json).await,
         Command::Show { name } => show(&store, &name, cli.json).await,
@@ -165,10 +173,19 @@ async fn force(
     if json {
         print_json(&ops::info_json(&info));
     } else {
+        // What the store kept, not what was asked: it caps a forced
+        // state's duration (a year).
+        let kept = info.remaining;
         let until = match (action, args.duration) {
             (Action::Reset, _) => String::new(),
-            (_, Some(d)) => format!(" for {}", ops::format_duration(d)),
-            (_, None) => " until reset".to_owned(),
+            _ if info.forced_until_reset => " until reset".to_owned(),
+            (_, Some(asked)) if kept + Duration::from_secs(2) < asked => format!(
+                " for {} (the longest the store keeps a forced state)",
+                ops::format_duration(kept)
+            ),
+            (_, Some(asked)) => format!(" for {}", ops::format_duration(asked)),
+            (_, None) if kept.is_zero() => String::new(),
+            (_, None) => format!(" for {}", ops::format_duration(kept)),
         };
         println!(
             "{}: {} (generation {}){until}",

@@ -1,7 +1,7 @@
 //! `dcb watch`: transitions as they are announced, one line each.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use distributed_circuit_breaker::ops::{self, format_duration};
 use distributed_circuit_breaker::{BreakerName, RedisStore, State, Store, StoreEvent};
@@ -21,23 +21,56 @@ pub(crate) async fn watch(
         async { while !matches!(events.recv().await, Ok(StoreEvent::Resync) | Err(_)) {} };
     let _ = tokio::time::timeout(std::time::Duration::from_millis(500), subscribed).await;
     // What each breaker was, to print `before -> after`.
-    let mut states: HashMap<String, State> = store
-        .list_info()
-        .await?
-        .into_iter()
-        .map(|i| (i.name, i.state))
-        .collect();
+    let mut states = read_states(store).await?;
     // On stderr: JSON lines on stdout stay clean.
     eprintln!(
         "watching {} breakers' transitions (ctrl-c to stop)",
         states.len()
     );
+    // A subscription says nothing while Redis is gone: a cheap read every
+    // few seconds tells the operator (on stderr), and the states are read
+    // again once it answers (transitions may have been missed meanwhile).
+    let mut health = tokio::time::interval(HEALTH_EVERY);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    health.tick().await;
+    let probe = BreakerName::new("__dcb_watch").expect("a valid name");
+    let mut down = false;
+    let mut stale = false;
     loop {
-        let transition = match events.recv().await {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = health.tick() => {
+                match store.info(&probe).await {
+                    Err(e) if !down => {
+                        down = true;
+                        eprintln!("dcb: Redis does not answer, still watching (retrying every {}): {e}", format_duration(HEALTH_EVERY));
+                    }
+                    Err(_) => {}
+                    Ok(_) => {
+                        if down {
+                            down = false;
+                            stale = true;
+                            eprintln!("dcb: Redis answers again; transitions meanwhile were missed");
+                        }
+                        if stale {
+                            stale = !reread(store, &mut states).await;
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        let transition = match event {
             Ok(StoreEvent::Transition(t)) => t,
-            Ok(StoreEvent::Resync) => continue,
+            Ok(StoreEvent::Resync) => {
+                // Resubscribed (Redis restarted, a failover, a dropped
+                // connection): what was read before may be wrong now.
+                stale = !reread(store, &mut states).await;
+                continue;
+            }
             Err(RecvError::Lagged(n)) => {
                 eprintln!("dcb: missed {n} transitions (too many at once)");
+                stale = !reread(store, &mut states).await;
                 continue;
             }
             Err(RecvError::Closed) => return Ok(()),
@@ -92,6 +125,34 @@ pub(crate) async fn watch(
             }
         }
         println!("{line}");
+    }
+}
+
+/// How often `watch` checks that Redis still answers.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Every breaker's state, by name.
+async fn read_states(store: &RedisStore) -> Result<HashMap<String, State>, Failure> {
+    Ok(store
+        .list_info()
+        .await?
+        .into_iter()
+        .map(|i| (i.name, i.state))
+        .collect())
+}
+
+/// Reads the states again; false (and a word on stderr) if that failed,
+/// to try again on the next health check.
+async fn reread(store: &RedisStore, states: &mut HashMap<String, State>) -> bool {
+    match read_states(store).await {
+        Ok(fresh) => {
+            *states = fresh;
+            true
+        }
+        Err(Failure(message, _)) => {
+            eprintln!("dcb: cannot read the breakers again (retrying): {message}");
+            false
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub struct RedisStoreBuilder {
     pub(super) connect_timeout: Duration,
     response_timeout: Duration,
     durability: Option<Durability>,
+    pub(super) read_only: bool,
     #[cfg(feature = "redis-tls")]
     root_certificate: Option<Vec<u8>>,
 }
@@ -32,6 +33,7 @@ impl Default for RedisStoreBuilder {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
             durability: None,
+            read_only: false,
             #[cfg(feature = "redis-tls")]
             root_certificate: None,
         }
@@ -81,6 +83,26 @@ impl RedisStoreBuilder {
     /// ```
     pub fn durable_transitions(mut self, replicas: u32, timeout: Duration) -> Self {
         self.durability = Some(Durability::new(replicas, timeout));
+        self
+    }
+
+    /// Connects for reading only (off by default): connecting then checks
+    /// only that this user may read keys under the prefix (`EXISTS`), not
+    /// that it may run the scripts, write breakers and `PUBLISH` transitions. Such a store can
+    /// read ([`Store::info`](crate::Store::info), [`Store::list_info`](crate::Store::list_info),
+    /// `snapshot`), list and watch ([`Store::subscribe`](crate::Store::subscribe)),
+    /// so a Redis user without write or publish rights (ACL `-@write -publish`)
+    /// can back `dcb list`/`show`/`watch` or a read-only admin router; its
+    /// writes (`force`, `record`, ...) fail with the server's refusal
+    /// ([`StoreErrorKind::Refused`]). Not for breakers that take traffic.
+    ///
+    /// ```
+    /// use distributed_circuit_breaker::RedisStore;
+    ///
+    /// let builder = RedisStore::builder().read_only(true);
+    /// ```
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
         self
     }
 
@@ -242,12 +264,14 @@ impl RedisStoreBuilder {
                 conflicts: PolicyConflicts::default(),
                 subscriber,
                 durability: self.durability.map(super::durability::Durable::new),
+                read_only: self.read_only,
                 no_read_only: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Prove now that this user may run what the store needs (SCRIPT LOAD,
-        // EVALSHA, HSET, PEXPIRE), rather than on the first trip.
-        let check = store.check_access();
+        // EVALSHA, HSET, PEXPIRE), rather than on the first trip; a
+        // read-only store only that the server answers.
+        let check = store.check_access(self.connect_timeout);
         tokio::time::timeout(self.connect_timeout, check)
             .await
             .map_err(|_| unavailable_after(self.connect_timeout))??;

@@ -28,5 +28,11 @@ pub(super) fn map_error(error: RedisError) -> StoreError {
         _ if error.kind() == redis::ErrorKind::InvalidClientConfig => StoreErrorKind::Config,
         _ => StoreErrorKind::Unavailable,
     };
+    if error.code() == Some("NOPERM") {
+        return StoreError::new(
+            kind,
+            format!("this Redis user is not allowed that (ACL): {error}; grant it the command, keys (`~{{prefix}}:*`) and channel (`&{{prefix}}:events`) the store needs, or connect with `RedisStoreBuilder::read_only` to only read"),
+        );
+    }
     StoreError::new(kind, error.to_string())
 }

@@ -69,6 +69,8 @@ struct Inner {
     conflicts: PolicyConflicts,
     subscriber: tokio::task::AbortHandle,
     durability: Option<durability::Durable>,
+    /// Connected with [`RedisStoreBuilder::read_only`]: no write access checked.
+    read_only: bool,
     /// The server knows no `EVALSHA_RO` (before Redis 7).
     no_read_only: std::sync::atomic::AtomicBool,
 }
@@ -103,6 +105,18 @@ impl Connection {
         }
     }
 
+    /// A pipeline (one server: the keys of a cluster may live apart).
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Connection::Single(c) => pipe.query_async(c).await,
+            Connection::Sentinel(p) => p.observe(pipe.query_async(&mut p.manager()).await),
+            Connection::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
     /// One command, with redis-rs's own error (its code is needed).
     async fn query_raw<T: redis::FromRedisValue>(
         &mut self,
@@ -120,7 +134,7 @@ impl RedisStore {
     /// Every breaker key under the prefix: one `SCAN` on a single node, one
     /// per master on a cluster (found with `CLUSTER NODES`).
     async fn scan_keys(&self) -> Result<Vec<String>, StoreError> {
-        let pattern = format!("{}:{{*}}", self.inner.prefix);
+        let pattern = format!("{}:{{*}}", glob_escape(&self.inner.prefix));
         let mut keys = Vec::new();
         let single = match &self.inner.connection {
             Connection::Single(c) => Some(c.clone()),
@@ -151,7 +165,18 @@ impl RedisStore {
                     .await
                     .map_err(map_error)?;
                 let nodes: String = redis::from_redis_value(nodes).map_err(corrupt)?;
-                for (host, port) in masters(&nodes) {
+                let (up, down) = masters(&nodes);
+                // A list without a shard's breakers would look complete.
+                if !down.is_empty() {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!(
+                            "cannot list every breaker: cluster master(s) {} are down (their breakers cannot be read)",
+                            down.join(", ")
+                        ),
+                    ));
+                }
+                for (host, port) in up {
                     let mut cursor = 0u64;
                     loop {
                         let mut scan = redis::cmd("SCAN");
@@ -167,7 +192,13 @@ impl RedisStore {
                         let reply = c
                             .route_command(scan, RoutingInfo::SingleNode(node))
                             .await
-                            .map_err(map_error)?;
+                            .map_err(|e| {
+                                let e = map_error(e);
+                                StoreError::new(
+                                    e.kind(),
+                                    format!("cannot list every breaker: cluster master {host}:{port}: {e}"),
+                                )
+                            })?;
                         let (next, batch): (u64, Vec<String>) =
                             redis::from_redis_value(reply).map_err(corrupt)?;
                         keys.extend(batch);
@@ -184,6 +215,19 @@ impl RedisStore {
     }
 }
 
+/// `text` matched literally by a `SCAN MATCH` pattern: `[`, `]`, `*`, `?`
+/// and `\\` escaped with a backslash.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '[' | ']' | '*' | '?' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// A reply of an unexpected shape.
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::new(
@@ -192,28 +236,38 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
     )
 }
 
-/// The reachable masters in a `CLUSTER NODES` reply, as (host, port).
-fn masters(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let address = fields.nth(1)?;
-            let flags = fields.next()?;
-            let flags: Vec<&str> = flags.split(',').collect();
-            if !flags.contains(&"master")
-                || flags
-                    .iter()
-                    .any(|f| matches!(*f, "fail" | "noaddr" | "handshake"))
-            {
-                return None;
+/// The masters in a `CLUSTER NODES` reply: the reachable ones as (host,
+/// port), and the addresses of those that are down (flagged `fail` or
+/// without an address) but still own slots: their breakers cannot be read.
+fn masters(nodes: &str) -> (Vec<(String, u16)>, Vec<String>) {
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.contains(&"handshake") {
+            continue;
+        }
+        // ip:port@cport[,hostname]
+        let address = address.split('@').next().unwrap_or_default();
+        let owns_slots = fields.len() > 8;
+        if flags.iter().any(|f| matches!(*f, "fail" | "noaddr")) {
+            if owns_slots {
+                down.push(address.to_owned());
             }
-            // ip:port@cport[,hostname]
-            let address = address.split('@').next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
+            continue;
+        }
+        let Some((host, port)) = address.rsplit_once(':') else {
+            continue;
+        };
+        if let Ok(port) = port.parse() {
+            up.push((host.to_owned(), port));
+        }
+    }
+    (up, down)
 }
 
 impl RedisStore {
@@ -457,5 +511,34 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.inner.prefix)
             .field("connection", &kind)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn masters_down_with_slots_are_named() {
+        let nodes = "\
+a 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b 10.0.0.2:7001@17001 master,fail - 0 0 2 connected 5461-10922
+c 10.0.0.3:7002@17002 master - 0 0 3 connected 10923-16383
+d 10.0.0.4:7003@17003 master,fail - 0 0 4 disconnected
+e 10.0.0.5:7004@17004 slave c 0 0 3 connected
+";
+        let (up, down) = masters(nodes);
+        assert_eq!(
+            up,
+            vec![("10.0.0.1".to_owned(), 7000), ("10.0.0.3".to_owned(), 7002)]
+        );
+        assert_eq!(down, vec!["10.0.0.2:7001".to_owned()]);
+    }
+
+    #[test]
+    fn scan_patterns_match_the_prefix_literally() {
+        assert_eq!(glob_escape("dcb"), "dcb");
+        assert_eq!(glob_escape("svc[1]"), "svc\\[1\\]");
+        assert_eq!(glob_escape("a\\b*?"), "a\\\\b\\*\\?");
     }
 }

@@ -14,43 +14,85 @@ use crate::store::{BreakerName, StoreError, StoreErrorKind};
 use crate::{Policy, Snapshot, State};
 
 impl RedisStore {
-    pub(super) async fn check_access(&self) -> Result<(), StoreError> {
+    /// Proves at connect that this user may run what the store needs:
+    /// loads the scripts, runs the read script once and `PUBLISH`es a ping.
+    /// A read-only store ([`RedisStoreBuilder::read_only`](super::RedisStoreBuilder::read_only))
+    /// only reads a key under its prefix (`EXISTS`).
+    ///
+    /// On a cluster, a shard that is down (the check's key may live there,
+    /// `SCRIPT LOAD` goes to every master) must not stop connecting to the
+    /// others: a check that meets an unavailable shard (or no answer within
+    /// half of `timeout`) is skipped with a warning, and refusals (ACL,
+    /// a wrong password) still fail.
+    pub(super) async fn check_access(&self, timeout: Duration) -> Result<(), StoreError> {
         let mut connection = self.inner.connection.clone();
-        for script in self.inner.scripts.all() {
-            connection.load(script).await.map_err(map_error)?;
+        let cluster = matches!(connection, Connection::Cluster(_));
+        if self.inner.read_only {
+            // May this user read the prefix's keys? (`SCAN` would just
+            // find none of them.)
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(format!("{}:{{__connect_check}}", self.inner.prefix));
+            return match connection.query::<i64>(exists).await {
+                Ok(_) => Ok(()),
+                Err(error) if cluster && error.kind() == StoreErrorKind::Unavailable => {
+                    tracing::warn!(%error, "cannot check read access now (a cluster shard is unavailable); connecting anyway");
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
         }
-        let probe = BreakerName::new("__connect_check")
-            .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
-        let policy = Policy::builder()
-            .window(Duration::from_millis(100))
-            .break_duration(Duration::from_millis(100))
-            .probe_lease(Duration::from_millis(100))
-            .sync_interval(Duration::from_millis(100))
-            .key_ttl(Duration::from_millis(100))
-            .build()
-            .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
-        self.run(&self.inner.scripts.read, &probe, &policy, &[], 0)
-            .await?;
+        let scripts = async {
+            let mut connection = self.inner.connection.clone();
+            for script in self.inner.scripts.all() {
+                connection.load(script).await.map_err(map_error)?;
+            }
+            let probe = BreakerName::new("__connect_check")
+                .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
+            let policy = Policy::builder()
+                .window(Duration::from_millis(100))
+                .break_duration(Duration::from_millis(100))
+                .probe_lease(Duration::from_millis(100))
+                .sync_interval(Duration::from_millis(100))
+                .key_ttl(Duration::from_millis(100))
+                .build()
+                .map_err(|e| StoreError::new(StoreErrorKind::Config, e.to_string()))?;
+            self.run(&self.inner.scripts.read, &probe, &policy, &[], 0)
+                .await
+                .map(drop)
+        };
+        if cluster {
+            match tokio::time::timeout(timeout / 2, scripts).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) if error.kind() == StoreErrorKind::Unavailable => {
+                    tracing::warn!(%error, "cannot check the scripts now (a cluster shard is unavailable); connecting anyway");
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    tracing::warn!("cannot check the scripts now (a cluster shard did not answer); connecting anyway");
+                }
+            }
+        } else {
+            scripts.await?;
+        }
         // Transitions are announced with PUBLISH: a Redis 7 ACL user needs
         // channel rights (`&{prefix}:events`), which it lacks by default.
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.inner.channel).arg(events::PING);
-        connection
-            .query::<i64>(publish)
-            .await
-            .map(drop)
-            .map_err(|refused| {
-                if refused.kind() != StoreErrorKind::Refused {
-                    return refused;
-                }
-                StoreError::new(
-                    StoreErrorKind::Refused,
-                    format!(
-                        "this Redis user may not PUBLISH to `{}`; grant it the channel (ACL `&{}`): {refused}",
-                        self.inner.channel, self.inner.channel
-                    ),
-                )
-            })
+        match connection.query::<i64>(publish).await {
+            Ok(_) => Ok(()),
+            Err(refused) if refused.kind() == StoreErrorKind::Refused => Err(StoreError::new(
+                StoreErrorKind::Refused,
+                format!(
+                    "this Redis user may not PUBLISH to `{}`; grant it the channel (ACL `&{}`), or connect read-only (`RedisStoreBuilder::read_only`) to only read: {refused}",
+                    self.inner.channel, self.inner.channel
+                ),
+            )),
+            Err(error) if cluster && error.kind() == StoreErrorKind::Unavailable => {
+                tracing::warn!(%error, "cannot check PUBLISH now (a cluster shard is unavailable); connecting anyway");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Runs one script; `now` overrides Redis's clock when not 0 (tests only).
