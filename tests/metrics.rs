@@ -5,16 +5,16 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use distributed_circuit_breaker::{
     BreakerError, DistributedCircuitBreaker, DistributedCircuitBreakerLayer, ErrorsAsFailures,
     Policy, RedisStore,
 };
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebuggingRecorder;
 use support::dependency::Dependency;
 use support::redis::RedisServer;
+use support::seen::Seen;
 use tower::{Layer, Service, ServiceExt};
 
 type Svc = DistributedCircuitBreaker<Dependency, ErrorsAsFailures>;
@@ -37,56 +37,6 @@ async fn call(svc: &Svc, tally: &mut Tally) {
         Err(BreakerError::Open(_)) => tally.rejected += 1,
         Err(_) => tally.failed += 1,
     }
-}
-
-/// Every value seen so far: the debugging recorder hands out values and
-/// resets them, so snapshots add up.
-#[derive(Default)]
-struct Seen {
-    counters: HashMap<(String, Vec<(String, String)>), u64>,
-    gauges: HashMap<(String, Vec<(String, String)>), f64>,
-    histograms: HashMap<String, usize>,
-}
-
-impl Seen {
-    fn take(&mut self, snapshotter: &Snapshotter) {
-        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            let id = (key.name().to_owned(), labels);
-            match value {
-                DebugValue::Counter(n) => *self.counters.entry(id).or_default() += n,
-                DebugValue::Gauge(v) => *self.gauges.entry(id).or_default() += v.into_inner(),
-                DebugValue::Histogram(v) => *self.histograms.entry(id.0).or_default() += v.len(),
-            }
-        }
-    }
-
-    /// The sum of a counter over the series whose labels include `with`.
-    fn counter(&self, name: &str, with: &[(&str, &str)]) -> u64 {
-        self.counters
-            .iter()
-            .filter(|((n, labels), _)| n == name && includes(labels, with))
-            .map(|(_, v)| *v)
-            .sum()
-    }
-
-    fn gauge(&self, name: &str, with: &[(&str, &str)]) -> f64 {
-        self.gauges
-            .iter()
-            .filter(|((n, labels), _)| n == name && includes(labels, with))
-            .map(|(_, v)| *v)
-            .sum()
-    }
-}
-
-fn includes(labels: &[(String, String)], with: &[(&str, &str)]) -> bool {
-    with.iter()
-        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

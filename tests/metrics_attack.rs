@@ -16,6 +16,7 @@ use distributed_circuit_breaker::{
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::dependency::Dependency;
 use support::redis::RedisServer;
+use support::seen::Seen;
 use tower::{Layer, Service, ServiceExt};
 
 type Svc = DistributedCircuitBreaker<Dependency, ErrorsAsFailures>;
@@ -38,66 +39,6 @@ async fn call(svc: &Svc, tally: &mut Tally) {
         Err(BreakerError::Open(_)) => tally.rejected += 1,
         Err(_) => tally.failed += 1,
     }
-}
-
-/// Every value seen so far: the debugging recorder hands out values and
-/// resets them, so snapshots add up. The tests of this binary run at once
-/// and share the recorder: every snapshot goes into one process-wide tally,
-/// and each test reads its own breakers' series from it.
-#[derive(Default, Clone)]
-struct Seen {
-    counters: HashMap<(String, Vec<(String, String)>), u64>,
-    gauges: HashMap<(String, Vec<(String, String)>), f64>,
-    histograms: HashMap<String, usize>,
-}
-
-impl Seen {
-    fn take(&mut self, snapshotter: &Snapshotter) {
-        static ALL: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
-        let mut all = ALL.lock().unwrap();
-        let all = all.get_or_insert_with(Seen::default);
-        all.add(snapshotter);
-        *self = all.clone();
-    }
-
-    fn add(&mut self, snapshotter: &Snapshotter) {
-        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            let id = (key.name().to_owned(), labels);
-            match value {
-                DebugValue::Counter(n) => *self.counters.entry(id).or_default() += n,
-                DebugValue::Gauge(v) => *self.gauges.entry(id).or_default() += v.into_inner(),
-                DebugValue::Histogram(v) => *self.histograms.entry(id.0).or_default() += v.len(),
-            }
-        }
-    }
-
-    /// The sum of a counter over the series whose labels include `with`.
-    fn counter(&self, name: &str, with: &[(&str, &str)]) -> u64 {
-        self.counters
-            .iter()
-            .filter(|((n, labels), _)| n == name && includes(labels, with))
-            .map(|(_, v)| *v)
-            .sum()
-    }
-
-    fn gauge(&self, name: &str, with: &[(&str, &str)]) -> f64 {
-        self.gauges
-            .iter()
-            .filter(|((n, labels), _)| n == name && includes(labels, with))
-            .map(|(_, v)| *v)
-            .sum()
-    }
-}
-
-fn includes(labels: &[(String, String)], with: &[(&str, &str)]) -> bool {
-    with.iter()
-        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
 }
 
 /// `dcb_calls_total` must equal the calls that reached the dependency,

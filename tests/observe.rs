@@ -5,99 +5,16 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use distributed_circuit_breaker::events::{Event, Rule, Scope};
 use distributed_circuit_breaker::{
-    BreakerError, BreakerName, DistributedCircuitBreaker, DistributedCircuitBreakerLayer,
-    ErrorsAsFailures, Force, MemoryStore, Policy, RedisStore, State,
+    DistributedCircuitBreakerLayer, Force, MemoryStore, Policy, RedisStore, State,
 };
 use support::dependency::Dependency;
+use support::members::{eventually, fleet, fleet_opened, opened, traffic, Member};
 use support::redis::RedisServer;
-use tower::{Layer, Service, ServiceExt};
-
-type Events = Arc<Mutex<Vec<Event>>>;
-
-struct Member {
-    svc: DistributedCircuitBreaker<Dependency, ErrorsAsFailures>,
-    layer: DistributedCircuitBreakerLayer,
-    events: Events,
-}
-
-impl Member {
-    fn new(layer: DistributedCircuitBreakerLayer, dependency: &Dependency) -> Member {
-        let events: Events = Arc::default();
-        let heard = events.clone();
-        let layer = layer.on_event(move |_: &BreakerName, event: &Event| {
-            heard.lock().unwrap().push(event.clone());
-        });
-        Member {
-            svc: layer.layer(dependency.clone()),
-            layer,
-            events,
-        }
-    }
-
-    async fn call(&self) -> Result<(), BreakerError> {
-        let mut svc = self.svc.clone();
-        let ready = ServiceExt::<()>::ready(&mut svc).await?;
-        ready.call(()).await.map(drop).map_err(BreakerError::from)
-    }
-
-    fn count(&self, matches: impl Fn(&Event) -> bool) -> usize {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| matches(e))
-            .count()
-    }
-
-    fn state(&self) -> State {
-        self.layer.breaker().snapshot().state
-    }
-}
-
-async fn fleet(redis: &RedisServer, name: &str, n: usize, dependency: &Dependency) -> Vec<Member> {
-    let mut members = Vec::new();
-    for _ in 0..n {
-        let store = RedisStore::connect(&redis.url()).await.unwrap();
-        let layer = DistributedCircuitBreakerLayer::new(name, Policy::default(), store).unwrap();
-        members.push(Member::new(layer, dependency));
-    }
-    members
-}
-
-/// About 100 calls a second from each member, for `time`.
-async fn traffic(members: &[Member], time: Duration) {
-    let until = tokio::time::Instant::now() + time;
-    while tokio::time::Instant::now() < until {
-        for m in members {
-            let _ = m.call().await;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits (bounded) for `done`.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-fn fleet_opened(e: &Event) -> bool {
-    matches!(e, Event::FleetTransition(t) if t.from == State::Closed && t.to == State::Open)
-}
-
-fn opened(e: &Event) -> bool {
-    matches!(e, Event::Transition(t) if t.to == State::Open)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_trip_is_one_fleet_event_and_one_local_event_per_instance() {

@@ -14,90 +14,9 @@ use distributed_circuit_breaker::{
     ErrorsAsFailures, Force, MemoryStore, Policy, RedisStore, State,
 };
 use support::dependency::Dependency;
+use support::members::*;
 use support::redis::RedisServer;
 use tower::{Layer, Service, ServiceExt};
-
-type Events = Arc<Mutex<Vec<Event>>>;
-
-struct Member {
-    svc: DistributedCircuitBreaker<Dependency, ErrorsAsFailures>,
-    layer: DistributedCircuitBreakerLayer,
-    events: Events,
-}
-
-impl Member {
-    fn new(layer: DistributedCircuitBreakerLayer, dependency: &Dependency) -> Member {
-        let events: Events = Arc::default();
-        let heard = events.clone();
-        let layer = layer.on_event(move |_: &BreakerName, event: &Event| {
-            heard.lock().unwrap().push(event.clone());
-        });
-        Member {
-            svc: layer.layer(dependency.clone()),
-            layer,
-            events,
-        }
-    }
-
-    async fn call(&self) -> Result<(), BreakerError> {
-        let mut svc = self.svc.clone();
-        let ready = ServiceExt::<()>::ready(&mut svc).await?;
-        ready.call(()).await.map(drop).map_err(BreakerError::from)
-    }
-
-    fn count(&self, matches: impl Fn(&Event) -> bool) -> usize {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| matches(e))
-            .count()
-    }
-
-    fn state(&self) -> State {
-        self.layer.breaker().snapshot().state
-    }
-}
-
-async fn fleet(redis: &RedisServer, name: &str, n: usize, dependency: &Dependency) -> Vec<Member> {
-    let mut members = Vec::new();
-    for _ in 0..n {
-        let store = RedisStore::connect(&redis.url()).await.unwrap();
-        let layer = DistributedCircuitBreakerLayer::new(name, Policy::default(), store).unwrap();
-        members.push(Member::new(layer, dependency));
-    }
-    members
-}
-
-/// About 100 calls a second from each member, for `time`.
-async fn traffic(members: &[Member], time: Duration) {
-    let until = tokio::time::Instant::now() + time;
-    while tokio::time::Instant::now() < until {
-        for m in members {
-            let _ = m.call().await;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits (bounded) for `done`.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-fn fleet_opened(e: &Event) -> bool {
-    matches!(e, Event::FleetTransition(t) if t.from == State::Closed && t.to == State::Open)
-}
-
-fn opened(e: &Event) -> bool {
-    matches!(e, Event::Transition(t) if t.to == State::Open)
-}
 
 fn rejected_count(m: &Member) -> u64 {
     m.events
@@ -228,10 +147,12 @@ async fn listener_attack(bad: Bad) {
         .force(Force::OpenThenProbe(Duration::from_secs(5)))
         .await
         .unwrap();
+    let t0 = std::time::Instant::now();
     eventually("A's listener was called", || {
         panicked.load(Ordering::SeqCst) >= 1
     })
     .await;
+    eprintln!("listener called after {:?}", t0.elapsed());
     tokio::time::sleep(Duration::from_millis(300)).await;
     breaker.force(Force::Reset).await.unwrap();
     eventually("B closed", || b.state() == State::Closed).await;
